@@ -162,3 +162,10 @@ TWZ_ERRNO_NAMES = {EGENERIC: "EGENERIC", EINVLOBJ: "EINVLOBJ", ENOFOT: "ENOFOT"}
 def errno_name(code: int) -> str:
     """Symbolic name of a (positive) errno, Twizzler's extras included."""
     return TWZ_ERRNO_NAMES.get(code) or _errno.errorcode.get(code, f"E{code}")
+
+
+# --- personality: exit status of a native program killed by an unhandled fault -------------
+# Twizzler exits a thread with 256 + fault (EXIT_CODE_FAULT), which a Linux exit status (8 bits)
+# cannot hold; the native runtime exits with TWZ_FAULT_EXIT_BASE + fault instead (112..119),
+# clear of 126/127 (shell exec failures) and 128+signo (signal deaths).
+TWZ_FAULT_EXIT_BASE = 112
