@@ -1,0 +1,34 @@
+"""Object create + map + first touch + delete, run under twzrun; prints {"median_us": ...}.
+
+One iteration: libtwz.Object.create(), write one byte of the first data page through
+obj.view(), obj.delete(), and obj.release() (gives back the slot, like the floor's munmap).
+
+usage: twzrun benchmarks/object_create.py [N]
+"""
+
+import json
+import statistics
+import sys
+import time
+
+import libtwz
+
+n = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
+
+
+def once():
+    obj = libtwz.Object.create()
+    obj.view()[0x1000] = 1
+    obj.delete()
+    obj.release()
+
+
+clock = time.perf_counter_ns
+for _ in range(min(n, 50)):
+    once()
+times = []
+for _ in range(n):
+    t0 = clock()
+    once()
+    times.append(clock() - t0)
+print(json.dumps({"median_us": statistics.median(times) / 1000, "n": n}))
