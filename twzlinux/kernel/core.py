@@ -1,0 +1,119 @@
+"""class Kernel: the object table, the root KSO, processes and syscall dispatch (sans-I/O)."""
+
+import errno
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from twzlinux.abi import constants as c
+from twzlinux.abi.namespace import namespace_bytes
+from twzlinux.abi.structs import id_str
+from twzlinux.abi.syscalls import join_args, lookup_linux_nr
+
+from . import kso
+from .errors import FdResult, MemoryAccess, SyscallError
+from .objects import ObjectTable
+from .store import Store
+from .syscalls import HANDLERS
+
+__all__ = ["Kernel", "Process", "FdResult", "MemoryAccess", "SyscallError"]
+
+_KSO_FLAGS = c.MIP_DFL_READ | c.MIP_DFL_WRITE | c.MIP_DFL_USE
+_STATE = "state.json"
+
+
+@dataclass(eq=False)
+class Process:
+    view_id: int
+    thread_id: int
+    root_namespace: int
+    pid: int | None = None  # set by the daemon once the Linux process exists
+
+    def env(self) -> dict[str, str]:
+        return {"TWZ_VIEW": id_str(self.view_id), "TWZ_THREAD": id_str(self.thread_id),
+                "TWZNAME": id_str(self.root_namespace)}
+
+
+def _reset_code() -> int:
+    # Non-zero and below 2**63: as a signed rax value it is positive, so never mistaken for
+    # -errno, and it packs as a plain s64 in the seccomp response.
+    return secrets.randbelow((1 << 63) - 1) + 1
+
+
+def _kso_flags(kso_type: int, dfl: int) -> int:
+    return dfl | kso_type << c.OC_KSO_SHIFT
+
+
+def _parse_id(text: str) -> int:
+    hi, lo = text.split(":")
+    return int(hi, 16) << 64 | int(lo, 16)
+
+
+class Kernel:
+    def __init__(self, home: Path, console: Callable[["Process", bytes], None]):
+        self.home = Path(home)
+        self.console = console
+        self.objects = ObjectTable(Store(self.home))
+        self.reset_code = _reset_code()
+        self.root = self.objects.create(0, _kso_flags(c.KSO_ROOT, c.MIP_DFL_READ),
+                                        fixed_id=c.KSO_ROOT_ID, kernel=True)
+        kso.set_name(self.root, "root")
+        self.root_namespace = self._root_namespace()
+
+    def _root_namespace(self) -> int:
+        """The persistent root namespace, created on first start and found again after."""
+        state = self.home / _STATE
+        if state.exists():
+            oid = _parse_id(json.loads(state.read_text())["root_namespace"])
+            if self.objects.lookup(oid) is not None:
+                return oid
+        ns = self.objects.create(0, c.MIP_DFL_READ | c.MIP_DFL_WRITE | c.MIP_DFL_USE
+                                 | c.TWZ_SYS_OC_PERSIST_)
+        data = namespace_bytes(ns.id, ns.id)
+        ns.backing.pwrite(c.OBJ_NULLPAGE_SIZE, data)
+        mi = ns.meta()
+        mi.sz, mi.flags = len(data), mi.flags | c.MIF_SZ
+        ns.write_meta(mi)
+        os.fsync(ns.backing.fd)
+        tmp = state.with_suffix(".tmp")
+        with open(tmp, "w") as f:
+            json.dump({"root_namespace": id_str(ns.id)}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, state)
+        return ns.id
+
+    def new_process(self) -> Process:
+        """A view KSO and a thread repr attached to the root KSO."""
+        view = self.objects.create(0, _kso_flags(c.KSO_VIEW, _KSO_FLAGS), kernel=True)
+        kso.set_name(view, "view")
+        thread = self.objects.create(0, _kso_flags(c.KSO_THREAD, _KSO_FLAGS), kernel=True)
+        kso.set_name(thread, "thread")
+        kso.write_reprid(thread)
+        kso.root_attach(self.root, thread)
+        return Process(view.id, thread.id, self.root_namespace)
+
+    def process_exit(self, proc: Process) -> None:
+        """Drop the process's mappings and its thread's ties; free its view and repr."""
+        self.objects.unmap_all(proc)
+        kso.root_detach(self.root, proc.thread_id)
+        for oid in (proc.thread_id, proc.view_id):
+            obj = self.objects.lookup(oid, hidden=True)
+            if obj is not None:
+                self.objects.drop_ties(obj)
+                self.objects.delete(obj, immediate=True)
+
+    def syscall(self, proc: Process, linux_nr: int, regs: list[int],
+                mem: MemoryAccess) -> int | FdResult:
+        """Run one Twizzler syscall. Raises only SyscallError (ENOSYS for unknown numbers)."""
+        call = lookup_linux_nr(linux_nr)
+        handler = HANDLERS.get(call.name) if call else None
+        if handler is None:
+            raise SyscallError(errno.ENOSYS)
+        return handler(self, proc, mem, *join_args(call, regs))
+
+    def close(self) -> None:
+        self.objects.close()
