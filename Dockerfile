@@ -11,7 +11,7 @@ RUN apt-get update \
 
 WORKDIR /workspaces/twzlinux
 COPY . .
-# sysctl cannot be set while building; scripts/setup notes that and goes on
-RUN scripts/setup
+# a host .venv copied in would not run here; sysctl cannot be set while building (setup notes it)
+RUN rm -rf .venv && scripts/setup
 
 CMD ["bash"]
