@@ -23,6 +23,8 @@ __all__ = ["Kernel", "Process", "FdResult", "MemoryAccess", "SyscallError"]
 
 _KSO_FLAGS = c.MIP_DFL_READ | c.MIP_DFL_WRITE | c.MIP_DFL_USE
 _STATE = "state.json"
+_RESOURCE_ERRNOS = (errno.ENOSPC, errno.ENOMEM, errno.EDQUOT, errno.EFBIG, errno.EMFILE,
+                    errno.ENFILE)
 
 
 @dataclass(eq=False)
@@ -113,7 +115,14 @@ class Kernel:
         handler = HANDLERS.get(call.name) if call else None
         if handler is None:
             raise SyscallError(errno.ENOSYS)
-        return handler(self, proc, mem, *join_args(call, regs))
+        try:
+            return handler(self, proc, mem, *join_args(call, regs))
+        except OSError as e:
+            # Running out of memory or disk is the caller's error to see; anything else from
+            # the store is a bug and propagates.
+            if e.errno in _RESOURCE_ERRNOS:
+                raise SyscallError(e.errno, "store exhausted") from e
+            raise
 
     def close(self) -> None:
         self.objects.close()
