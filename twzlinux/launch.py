@@ -1,0 +1,47 @@
+"""The first code of every Twizzler process: `python -m twzlinux.launch MODE PROGRAM ARGS...`.
+
+twzd starts it with the program's stdio, cwd and environment. It installs the seccomp filter,
+hands the listener to twzd over the socket named by TWZ_LAUNCH_FD, and becomes the program:
+MODE python runs PROGRAM like `python PROGRAM ARGS...` after initialising libtwz; MODE native
+execs it (the C runtime initialises itself).
+"""
+
+import os
+import socket
+import sys
+
+from twzlinux.daemon import filter as seccomp_filter
+
+
+def _hand_over_listener() -> None:
+    launch_fd = int(os.environ.pop("TWZ_LAUNCH_FD"))
+    listener = seccomp_filter.install()
+    with socket.socket(fileno=launch_fd) as sock:
+        socket.send_fds(sock, [b"L"], [listener])
+    os.close(listener)  # twzd holds the listener now; keeping it would let us answer ourselves
+
+
+def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) < 2 or argv[0] not in ("python", "native") or "TWZ_LAUNCH_FD" not in os.environ:
+        sys.exit("usage: python -m twzlinux.launch python|native PROGRAM [ARGS...]\n"
+                 "(run by twzd with TWZ_LAUNCH_FD set; run programs with twzrun)")
+    mode, program, args = argv[0], argv[1], argv[2:]
+    _hand_over_listener()
+    if mode == "native":
+        try:
+            os.execv(program, [program, *args])
+        except OSError as e:
+            sys.stderr.write(f"twzrun: cannot execute {program}: {e.strerror}\n")
+            os._exit(126)
+    import runpy
+
+    import libtwz  # noqa: F401  (initialises the view from TWZ_VIEW)
+
+    sys.argv = [program, *args]
+    sys.path[0] = os.path.dirname(os.path.abspath(program))
+    runpy.run_path(program, run_name="__main__")
+
+
+if __name__ == "__main__":
+    main()
