@@ -138,10 +138,28 @@ def test_setup_refuses_an_old_python(tmp_path):
     assert "3.10.12" in r.stderr and ">= 3.11" in r.stderr
 
 
-def test_setup_check_reports_this_install_as_up_to_date():
-    # scripts/test ran setup (if needed) before pytest started, so the install is current
-    r = run([str(ROOT / "scripts" / "setup"), "--check"])
-    assert r.returncode == 0, r.stdout + r.stderr
+def test_setup_check_tracks_staleness(tmp_path):
+    """--check: 0 when .venv runs and the install marker is newer than every build input."""
+    shutil.copytree(ROOT / "scripts", tmp_path / "scripts")
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    (tmp_path / ".venv" / "bin" / "python").symlink_to(sys.executable)
+    native = tmp_path / "twzlinux" / "native"
+    native.mkdir(parents=True)
+    (native / "rt.h").write_text("")
+    (tmp_path / "pyproject.toml").write_text("")
+    check = [str(tmp_path / "scripts" / "setup"), "--check"]
+    assert run(check).returncode == 1  # never installed: no marker
+    marker = tmp_path / ".venv" / ".twz-installed"
+    marker.touch()
+    os.utime(marker, (1e9 + 100, 1e9 + 100))
+    for f in (native / "rt.h", tmp_path / "pyproject.toml"):
+        os.utime(f, (1e9, 1e9))
+    assert run(check).returncode == 0
+    os.utime(native / "rt.h", (1e9 + 200, 1e9 + 200))  # the native runtime changed
+    assert run(check).returncode == 1
+    os.utime(native / "rt.h", (1e9, 1e9))
+    os.utime(tmp_path / "pyproject.toml", (1e9 + 200, 1e9 + 200))
+    assert run(check).returncode == 1
 
 
 # --- container -------------------------------------------------------------------------------
