@@ -32,13 +32,12 @@ def twz(home: Path, *args, timeout=30) -> subprocess.CompletedProcess:
 
 
 def daemon_pid(home: Path):
-    """The pid recorded in the home's lock file, if that process is alive."""
-    try:
-        pid = int((home / "twzd.lock").read_text().strip())
-        os.kill(pid, 0)
-        return pid
-    except (OSError, ValueError):
-        return None
+    """The pid of the daemon holding the home's lock, or None."""
+    from twzlinux.daemon import client
+
+    if not client.lock_held(home):
+        return None  # not kill(pid, 0): a daemon that exited may linger as a zombie
+    return int((home / "twzd.lock").read_text().strip())
 
 
 def wait_for(predicate, timeout=10.0, what="condition"):

@@ -398,7 +398,7 @@ def lock_home(home: pathlib.Path) -> int:
     except BlockingIOError:
         other = os.pread(fd, 32, 0).decode(errors="replace").strip()
         os.close(fd)
-        raise AlreadyRunning(f"twzd is already running for {home} (pid {other or '?'})") from None
+        raise AlreadyRunning(f"already running for {home} (pid {other or '?'})") from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd

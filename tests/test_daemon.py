@@ -1,0 +1,176 @@
+"""twzd's life cycle and robustness: start/status/stop, shutdown, hostile clients and programs."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+from conftest import daemon_pid, start_daemon, twz, twz_env, wait_for
+from twzlinux.daemon import client, protocol
+
+
+def twzrun_popen(home: Path, *argv, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "twzlinux.cli.twzrun", *map(str, argv)],
+                            env=twz_env(home), text=True, **kw)
+
+
+def test_start_status_stop(fresh_home):
+    status = twz(fresh_home, "daemon", "status")
+    assert status.returncode == 3 and "not running" in status.stdout
+    started = twz(fresh_home, "daemon", "start")
+    assert started.returncode == 0, started.stderr
+    pid = daemon_pid(fresh_home)
+    assert f"pid {pid}" in started.stdout
+    status = twz(fresh_home, "daemon", "status")
+    assert status.returncode == 0
+    assert f"pid {pid}" in status.stdout and "0 program(s)" in status.stdout
+    stopped = twz(fresh_home, "daemon", "stop")
+    assert stopped.returncode == 0, stopped.stderr
+    assert daemon_pid(fresh_home) is None
+    assert not (fresh_home / "twzd.sock").exists()
+    assert twz(fresh_home, "daemon", "status").returncode == 3
+
+
+def test_one_daemon_per_home(daemon):
+    second = subprocess.run([sys.executable, "-m", "twzlinux.cli.twzd", "--home", str(daemon),
+                             "--foreground"], env=twz_env(daemon), capture_output=True,
+                            text=True, timeout=30)
+    assert second.returncode == 1
+    assert f"already running for {daemon}" in second.stderr
+    assert twz(daemon, "daemon", "status").returncode == 0
+
+
+def test_sigterm_stops_programs_and_cleans_up(fresh_home):
+    twzd = start_daemon(fresh_home)
+    run = twzrun_popen(fresh_home, "/bin/sleep", "60", stdout=subprocess.PIPE)
+    conn = client.try_connect(fresh_home)
+    wait_for(lambda: conn.request({"op": "status"})["programs"], 10, "sleep to start")
+    conn.close()
+    twzd.send_signal(signal.SIGTERM)
+    assert twzd.wait(20) == 0
+    assert run.wait(20) == 128 + signal.SIGTERM
+    assert not (fresh_home / "twzd.sock").exists()
+    log = (fresh_home / "twzd.log").read_text()
+    assert "stopping on SIGTERM; 1 program(s) running" in log
+    assert f"twzd {twzd.pid} stopped" in log
+
+
+def test_programs_killed_mid_syscall_leave_twzd_serving(daemon, build_native):
+    exe = build_native("""
+        #include <pthread.h>
+        #include <stdio.h>
+        #include <unistd.h>
+        static void *spin(void *arg) { for (;;) syscall(0x1000, 0L); return arg; }
+        int main(void) {
+            pthread_t t[3];
+            for (int i = 0; i < 3; i++) pthread_create(&t[i], NULL, spin, NULL);
+            printf("%d\\n", getpid());
+            fflush(stdout);
+            spin(NULL);
+        }
+    """, flags=["-pthread"])
+    for _ in range(5):
+        run = twzrun_popen(daemon, exe, stdout=subprocess.PIPE)
+        pid = int(run.stdout.readline())
+        time.sleep(0.2)
+        os.kill(pid, signal.SIGKILL)
+        assert run.wait(20) == 128 + signal.SIGKILL
+        run.stdout.close()
+    after = subprocess.run([sys.executable, "-m", "twzlinux.cli.twzrun", "/bin/echo", "alive"],
+                           env=twz_env(daemon), capture_output=True, text=True, timeout=30)
+    assert (after.returncode, after.stdout) == (0, "alive\n"), after.stderr
+
+
+def _raw(home: Path):
+    sock = protocol.new_socket()
+    sock.connect(str(protocol.socket_path(home)))
+    sock.settimeout(10)
+    return sock
+
+
+def test_malformed_requests_get_errors_not_a_dead_daemon(daemon):
+    sock = _raw(daemon)
+    sock.send(b"\xff not json")
+    assert "not JSON" in protocol.recv(sock)[0]["error"]
+    sock.send(b"[1, 2]")
+    assert "not a JSON object" in protocol.recv(sock)[0]["error"]
+    bad = [
+        ({"op": "frobnicate"}, [], "unknown request"),
+        ({"op": "spawn"}, [], "'program'"),
+        ({"op": "spawn", "program": "/bin/true", "args": [], "mode": "python", "cwd": "/",
+          "env": {}}, [], "expected 3 fds"),
+        ({"op": "spawn", "program": "/bin/true", "args": [1], "mode": "native", "cwd": "/",
+          "env": {}}, [0, 1, 2], "'args'"),
+        ({"op": "spawn", "program": "/bin/true", "args": [], "mode": "native", "cwd": "/nope",
+          "env": {}}, [0, 1, 2], "cannot start"),
+        ({"op": "spawn", "program": "/bin/true", "args": ["a\0b"], "mode": "native", "cwd": "/",
+          "env": {}}, [0, 1, 2], "NUL"),
+        ({"op": "signal", "signal": 2}, [], "runs no program"),
+        ({"op": "signal", "signal": "KILL"}, [], "not a signal number"),
+    ]
+    for msg, fds, error in bad:
+        protocol.send(sock, msg, fds)
+        reply, _ = protocol.recv(sock)
+        assert error in reply.get("error", ""), (msg, reply)
+    # a client that vanishes mid-message, and one that never says anything
+    half = _raw(daemon)
+    half.close()
+    status = twz(daemon, "daemon", "status")
+    assert status.returncode == 0 and "0 program(s)" in status.stdout
+    sock.close()
+
+
+def _stale_daemon(home: Path) -> subprocess.Popen:
+    # The same daemon with a different BUILD_ID: what a daemon started before an edit looks like.
+    code = textwrap.dedent(f"""
+        import pathlib, sys
+        from twzlinux.daemon import protocol, server
+        protocol.BUILD_ID = "stale-build"
+        sys.exit(server.run(pathlib.Path({str(home)!r})))
+    """)
+    return start_daemon(home, argv=[sys.executable, "-c", code])
+
+
+def test_idle_stale_daemon_is_replaced(fresh_home):
+    stale = _stale_daemon(fresh_home)
+    run = subprocess.run([sys.executable, "-m", "twzlinux.cli.twzrun", "--home", str(fresh_home),
+                          "/bin/echo", "fresh"], env=twz_env(fresh_home), capture_output=True,
+                         text=True, timeout=60)
+    assert (run.returncode, run.stdout) == (0, "fresh\n"), run.stderr
+    assert run.stderr.count("\n") == 1 and "restarting it" in run.stderr
+    assert stale.wait(10) == 0
+    conn = client.try_connect(fresh_home)
+    assert conn.hello["build"] == protocol.BUILD_ID and conn.hello["pid"] != stale.pid
+    conn.close()
+
+
+def test_busy_stale_daemon_is_left_running(fresh_home):
+    stale = _stale_daemon(fresh_home)
+    owner = client.start(fresh_home)  # no build check: speak to the stale daemon directly
+    with open(os.devnull, "r+") as null:
+        owner.request({"op": "spawn", "program": "/bin/sleep", "args": ["60"], "mode": "native",
+                       "cwd": "/", "env": {}}, [null.fileno()] * 3)
+    run = subprocess.run([sys.executable, "-m", "twzlinux.cli.twzrun", "--home", str(fresh_home),
+                          "/bin/true"], env=twz_env(fresh_home), capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode == 125
+    assert "1 program(s) running" in run.stderr
+    assert f"twz --home {fresh_home} daemon stop" in run.stderr
+    assert stale.poll() is None
+    owner.close()  # hangs up the sleep; the fixture stops the stale daemon
+
+
+def test_cflags_names_the_include_directory():
+    out = subprocess.run([sys.executable, "-m", "twzlinux.cli.twz", "cflags"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    flag = out.stdout.strip()
+    assert flag.startswith("-I") and (Path(flag[2:]) / "twz" / "sys.h").is_file()
+
+
+def test_socket_is_private(daemon):
+    mode = (daemon / "twzd.sock").stat().st_mode & 0o777
+    assert mode == 0o600
