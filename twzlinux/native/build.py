@@ -1,0 +1,59 @@
+"""cffi (API mode) build of the runtime as `twzlinux._twzrt`, run by setup.py at install.
+
+API mode compiles the runtime together with its Python binding, so rt.h can call the Python C API
+(PyErr_SetInterruptEx) and the static inline `twz_syscall6` of sys.h becomes a direct function.
+`python twzlinux/native/build.py` builds it in place for development.
+"""
+
+import pathlib
+
+from cffi import FFI
+
+INCLUDE_DIR = pathlib.Path(__file__).resolve().parent / "include"
+
+CDEF = """
+struct twz_fault_record {
+    int fault;
+    uint32_t flags;
+    uint64_t addr, ip, slot, objid_lo, objid_hi;
+};
+
+long twz_syscall6(long nr, long a1, long a2, long a3, long a4, long a5, long a6);
+
+int twz_rt_reserve_window(void);
+int twz_rt_init(uint64_t view_lo, uint64_t view_hi);
+int twz_rt_init_fd(int fd, uint64_t view_lo, uint64_t view_hi);
+int twz_rt_copy(void *dst, const void *src, size_t n, struct twz_fault_record *f);
+void twz_rt_set_fault_signal(int signum);
+int twz_rt_take_pending(struct twz_fault_record *f);
+
+long twz_rt_slot_alloc(uint64_t lo, uint64_t hi, uint32_t flags);
+void twz_rt_slot_release(long slot);
+int twz_rt_view_set(long slot, uint64_t lo, uint64_t hi, uint32_t flags);
+int twz_rt_view_get(long slot, uint64_t *lo, uint64_t *hi, uint32_t *flags);
+
+uint64_t twz_rt_load64(const uint64_t *p);
+void twz_rt_store64(uint64_t *p, uint64_t v);
+uint64_t twz_rt_cas64(uint64_t *p, uint64_t expected, uint64_t desired);
+uint64_t twz_rt_fetch_add64(uint64_t *p, uint64_t v);
+uint64_t twz_rt_fetch_or64(uint64_t *p, uint64_t v);
+uint64_t twz_rt_fetch_and64(uint64_t *p, uint64_t v);
+"""
+
+# The one translation unit that holds the runtime's implementation in the extension.
+SOURCE = """
+#define TWZ_RT_IMPLEMENTATION
+#define TWZ_RT_PYTHON
+#include <twz/rt.h>
+"""
+
+ffibuilder = FFI()
+ffibuilder.cdef(CDEF)
+ffibuilder.set_source("twzlinux._twzrt", SOURCE, include_dirs=[str(INCLUDE_DIR)],
+                      depends=[str(p) for p in sorted(INCLUDE_DIR.rglob("*.h"))],
+                      # PyErr_SetInterruptEx (3.10) is hidden by the limited API cffi defaults to.
+                      define_macros=[("_CFFI_NO_LIMITED_API", None)], py_limited_api=False,
+                      extra_compile_args=["-std=gnu11", "-Wall", "-Werror"])
+
+if __name__ == "__main__":
+    ffibuilder.compile(tmpdir=str(INCLUDE_DIR.parent.parent.parent), verbose=True)
