@@ -39,7 +39,7 @@ def main(argv=None) -> None:
     import libtwz  # noqa: F401  (initialises the view from TWZ_VIEW)
 
     sys.argv = [program, *args]
-    sys.path[0] = os.path.dirname(os.path.abspath(program))
+    sys.path.insert(0, os.path.dirname(os.path.abspath(program)))  # as `python PROGRAM` does
     runpy.run_path(program, run_name="__main__")
 
 

@@ -39,13 +39,12 @@ SECCOMP_ADDFD_FLAG_SEND = 2
 class Listener:
     """Serves one process's listener on `loop` until the process (and its descendants) are gone.
 
-    `proc` is the kernel's Process record; `on_closed()` is called once the listener is closed.
+    `proc` is the kernel's Process record.
     """
 
-    def __init__(self, loop, fd: int, kernel, proc, on_closed=lambda: None):
+    def __init__(self, loop, fd: int, kernel, proc):
         self.loop, self.fd, self.kernel, self.proc = loop, fd, kernel, proc
         self.exited = False  # set by the server after Kernel.process_exit(proc)
-        self._on_closed = on_closed
         try:
             # Wake the caller on the CPU twzd answers from: on this 2-CPU machine it is the
             # difference between ~10 µs and ~90 µs per call.
@@ -61,7 +60,6 @@ class Listener:
         self.loop.remove_reader(self.fd)
         os.close(self.fd)
         self.fd = None
-        self._on_closed()
 
     def _on_readable(self) -> None:
         try:

@@ -272,7 +272,8 @@ class Daemon:
                          [str(REPO_ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))}
         try:
             popen = subprocess.Popen(
-                [sys.executable, "-m", "twzlinux.launch", mode, program, *args],
+                # -P: the caller's cwd must not shadow the launcher's imports (a json.py there)
+                [sys.executable, "-P", "-m", "twzlinux.launch", mode, program, *args],
                 stdin=fds[0], stdout=fds[1], stderr=fds[2], cwd=cwd, env=child_env,
                 pass_fds=(theirs.fileno(),), start_new_session=True)
         except OSError as e:
