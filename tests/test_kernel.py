@@ -151,6 +151,12 @@ def test_unknown_numbers_are_enosys(k, proc, mem, nr):
     assert ei.value.errno == errno.ENOSYS
 
 
+def test_registers_are_taken_as_u64(k, proc, mem):
+    mem.write(BUF, b"hi")
+    regs = [BUF - (1 << 64), 2, 0, 0, 0, 0]  # an adapter passing signed values
+    assert k.syscall(proc, BY_NAME["DEBUG_PRINT"].linux_nr, regs, mem) == 0
+
+
 @pytest.mark.parametrize("name", ["VMAP", "THRD_SPAWN", "THRD_SYNC", "ATTACH", "BECOME",
                                   "KQUEUE", "OCREATE2"])
 def test_entries_without_handler_are_enosys(k, proc, mem, name):
@@ -272,6 +278,9 @@ def test_ocreate_from_source_copies_eagerly_and_stays_sparse(k, proc, mem):
         True, False, False, False, True, False]
     assert ostat(k, proc, mem, src)[4] == 1  # nr_derivations
     assert ostat(k, proc, mem, new)[0] & c.OS_FLAGS_SOURCED
+    k.process_exit(proc)  # drop the mappings read_obj made
+    sys(k, proc, mem, "ODELETE", new, 0)
+    assert ostat(k, proc, mem, src)[4] == 0
 
 
 def test_ocreate_persistent_from_volatile_source(k, proc, mem):

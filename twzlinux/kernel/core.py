@@ -23,6 +23,7 @@ __all__ = ["Kernel", "Process", "FdResult", "MemoryAccess", "SyscallError"]
 
 _KSO_FLAGS = c.MIP_DFL_READ | c.MIP_DFL_WRITE | c.MIP_DFL_USE
 _STATE = "state.json"
+_U64 = (1 << 64) - 1
 _RESOURCE_ERRNOS = (errno.ENOSPC, errno.ENOMEM, errno.EDQUOT, errno.EFBIG, errno.EMFILE,
                     errno.ENFILE)
 
@@ -116,7 +117,7 @@ class Kernel:
         if handler is None:
             raise SyscallError(errno.ENOSYS)
         try:
-            return handler(self, proc, mem, *join_args(call, regs))
+            return handler(self, proc, mem, *join_args(call, [r & _U64 for r in regs]))
         except OSError as e:
             # Running out of memory or disk is the caller's error to see; anything else from
             # the store is a bug and propagates.

@@ -28,8 +28,8 @@ class Obj:
     kernel: bool = False          # created by the kernel itself (root KSO, views, thread reprs)
     deleted: bool = False
     hidden: bool = False
-    sourced: bool = False         # its contents were copied from another object
-    derivations: int = 0          # objects created with this one as source
+    source: int | None = None     # the object its contents were copied from (sourced_from)
+    derived: set = field(default_factory=set)       # live objects created from this one
     cache_mode: int = c.OC_CM_WB
     mappers: set = field(default_factory=set)       # keys of the processes mapping it
     ties: Counter = field(default_factory=Counter)  # child id -> ties this object holds on it
@@ -114,8 +114,8 @@ class ObjectTable:
         obj = Obj(oid, backing, mi.kso_type, mi.p_flags, kernel=kernel)
         if src is not None:
             backing.copy_from(src.backing, 0, 0, c.OBJ_MAXSIZE)
-            src.derivations += 1
-            obj.sourced = True
+            src.derived.add(oid)
+            obj.source = src.id
         obj.write_meta(mi)
         self._objs[oid] = obj
         return obj
@@ -143,7 +143,6 @@ class ObjectTable:
 
     def untie(self, parent: Obj, child: Obj) -> bool:
         if not parent.ties[child.id]:
-            del parent.ties[child.id]
             return False
         parent.ties[child.id] -= 1
         if not parent.ties[child.id]:
@@ -164,6 +163,9 @@ class ObjectTable:
         if obj.deleted and not obj.mappers and not obj.tied and self._objs.get(obj.id) is obj:
             del self._objs[obj.id]
             obj.backing.free()
+            source = self._objs.get(obj.source)
+            if source is not None:
+                source.derived.discard(obj.id)
             self.drop_ties(obj)
 
     def close(self) -> None:

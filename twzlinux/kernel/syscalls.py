@@ -108,20 +108,20 @@ def sys_odelete(k, proc, mem, oid, flags):
 
 
 @handles("OSTAT")
-def sys_ostat(k, proc, mem: MemoryAccess, oid, type, arg, buf):
+def sys_ostat(k, proc, mem: MemoryAccess, oid, kind, arg, buf):
     """OS_TYPE_OBJ fills kernel_ostat, OS_TYPE_PAGE (arg = page number) kernel_ostat_page.
 
     Twizzler (OLD) declares this call but answers ENOSYS; these semantics are ours. Hidden
     (deleted but still referenced) objects are visible here, flagged OS_FLAGS_HIDDEN.
     """
     obj = _object(k, oid, hidden=True)
-    if type == c.OS_TYPE_OBJ:
+    if kind == c.OS_TYPE_OBJ:
         flags = ((c.OS_FLAGS_PERSIST if obj.persistent else 0)
                  | (c.OS_FLAGS_HIDDEN if obj.hidden else 0)
                  | (c.OS_FLAGS_KERNEL if obj.kernel else 0)
-                 | (c.OS_FLAGS_SOURCED if obj.sourced else 0))
-        out = s.KERNEL_OSTAT.pack(flags, obj.cache_mode, obj.kso_type, 0, obj.derivations, 0)
-    elif type == c.OS_TYPE_PAGE:
+                 | (c.OS_FLAGS_SOURCED if obj.source is not None else 0))
+        out = s.KERNEL_OSTAT.pack(flags, obj.cache_mode, obj.kso_type, 0, len(obj.derived), 0)
+    elif kind == c.OS_TYPE_PAGE:
         if not 0 <= arg < c.OBJ_MAXSIZE // c.PAGE_SIZE:
             raise SyscallError(EINVAL, "page beyond the object")
         exist = obj.backing.has_data(arg * c.PAGE_SIZE, c.PAGE_SIZE)
@@ -200,7 +200,7 @@ def sys_ocopy(k, proc, mem: MemoryAccess, destp, srcp, doff, soff, length, flags
         dest.backing.punch(doff, length)
     else:
         dest.backing.copy_from(src.backing, soff, doff, length)
-        dest.sourced = True
+        dest.source = src.id
     return 0
 
 
