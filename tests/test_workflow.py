@@ -46,6 +46,24 @@ def test_readme_quick_start_is_one_block_of_two_lines():
     assert (ROOT / "examples" / "list.py").is_file()
 
 
+def test_readme_example_runs_through_the_installed_twzrun(tmp_path):
+    """The quick start's `.venv/bin/twzrun examples/list.py`, via the console script."""
+    bindir = Path(sys.executable).parent
+    assert (bindir / "twzrun").exists(), f"no twzrun console script beside {sys.executable}"
+    env = dict(os.environ, TWZ_HOME=str(tmp_path / "home"))
+    try:
+        runs = [subprocess.run([str(bindir / "twzrun"), "examples/list.py"], cwd=ROOT, env=env,
+                               stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                               timeout=60) for _ in range(2)]
+    finally:
+        subprocess.run([str(bindir / "twz"), "--home", env["TWZ_HOME"], "daemon", "stop"],
+                       env=env, capture_output=True, timeout=60)
+    for r in runs:
+        assert r.returncode == 0, r.stdout + r.stderr
+    # the list is persistent: the second run finds it and prints it longer
+    assert len(runs[1].stdout.splitlines()) > len(runs[0].stdout.splitlines()) > 0
+
+
 # --- the GitHub workflow ---------------------------------------------------------------------
 
 def actionlint(path: Path):
