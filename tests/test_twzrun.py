@@ -57,6 +57,7 @@ def test_exit_status_is_the_programs(twzrun):
     failed = twzrun("raise ValueError('boom')")
     assert failed.returncode == 1
     assert "ValueError: boom" in failed.stderr
+    assert "launch.py" not in failed.stderr and "runpy" not in failed.stderr
 
 
 def test_raw_twizzler_syscalls_from_python(twzrun):

@@ -38,6 +38,16 @@ def main(argv=None) -> None:
 
     import libtwz  # noqa: F401  (initialises the view from TWZ_VIEW)
 
+    launcher_files = {__file__, runpy.__file__, runpy.run_path.__code__.co_filename}
+
+    def excepthook(exc_type, exc, tb):
+        # An uncaught error should read as under `python PROGRAM`, without our frames on top.
+        while tb is not None and tb.tb_frame.f_code.co_filename in launcher_files:
+            tb = tb.tb_next
+        # the default hook prints exc.__traceback__, not its `tb` argument
+        sys.__excepthook__(exc_type, exc.with_traceback(tb), tb)
+
+    sys.excepthook = excepthook
     sys.argv = [program, *args]
     sys.path.insert(0, os.path.dirname(os.path.abspath(program)))  # as `python PROGRAM` does
     runpy.run_path(program, run_name="__main__")

@@ -157,7 +157,7 @@ def connect(home: pathlib.Path) -> Connection:
     """A connection to a daemon running this very code, replacing an idle stale one."""
     conn = start(home)
     hello = conn.hello
-    if hello.get("version") == protocol.PROTOCOL_VERSION and hello.get("build") == protocol.BUILD_ID:
+    if (hello.get("version"), hello.get("build")) == (protocol.PROTOCOL_VERSION, protocol.BUILD_ID):
         return conn
     stale = (f"twzd (pid {hello.get('pid')}) for {home} runs other code (protocol "
              f"{hello.get('version')}, build {hello.get('build')}; this is protocol "
@@ -166,7 +166,7 @@ def connect(home: pathlib.Path) -> Connection:
         conn.close()
         raise ClientError(f"{stale} and has {hello['programs']} program(s) running; when they "
                           f"finish, run `twz --home {home} daemon stop` and try again")
-    print(f"twz: {stale}; restarting it", file=sys.stderr)
+    print(f"{stale}; restarting it", file=sys.stderr)
     conn.request({"op": "stop"})
     conn.close()
     if not wait_stopped(home):
