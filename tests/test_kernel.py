@@ -313,6 +313,18 @@ def test_hashdata_id_depends_on_source_data(k, proc, mem):
     assert read_obj(k, proc, mem, a, 0x1000, 9) == b"content A"
 
 
+def test_hashdata_copy_of_unsized_source_covers_its_data(k, proc, mem):
+    from twzlinux.kernel.metainfo import Metainfo
+    flags = c.MIP_HASHDATA | c.MIP_DFL_READ | c.TWZ_SYS_OC_ZERONONCE
+    src = create(k, proc, mem)
+    write_obj(k, proc, mem, src, 0x3000, b"third page")
+    a = create(k, proc, mem, flags, src=src)
+    mi = Metainfo.unpack(read_obj(k, proc, mem, a, c.OBJ_METAINFO_OFFSET, 64))
+    assert mi.flags & c.MIF_SZ and mi.sz == 0x3000  # up to the end of the last data page
+    write_obj(k, proc, mem, src, 0x3000, b"THIRD PAGE")
+    assert create(k, proc, mem, flags, src=src) != a
+
+
 # --- ODELETE and references ----------------------------------------------------------------
 
 def test_odelete_missing_and_bad_flags(k, proc, mem):

@@ -46,6 +46,9 @@ class Obj:
         self.backing.pwrite(c.OBJ_METAINFO_OFFSET, mi.pack())
 
 
+_DATA_SIZE = c.OBJ_TOPDATA - c.OBJ_NULLPAGE_SIZE
+
+
 def _overlay(read: Callable[[int, int], bytes], off0: int, patch: bytes):
     """`read` with `patch` laid over [off0, off0 + len(patch))."""
     def patched(off: int, n: int) -> bytes:
@@ -91,9 +94,11 @@ class ObjectTable:
                fixed_id: int | None = None, kernel: bool = False) -> Obj:
         """Twizzler's OCREATE on the table: write a fresh metainfo, derive the ID.
 
-        With a source, the whole image is copied eagerly first. Deviation: the new metainfo
-        keeps the source's `sz` (with MIF_SZ) and `fotentries` where Twizzler zeroes them, so
-        the copied FOT stays reachable and a HASHDATA copy is addressed by the data it holds.
+        With a source, the whole image is copied eagerly first. Deviation: where Twizzler
+        zeroes them, the new metainfo keeps the source's `fotentries`, so the copied FOT stays
+        reachable, and its `sz` (with MIF_SZ) so that a HASHDATA copy is addressed by the data
+        it holds; a HASHDATA copy of a source without MIF_SZ gets as sz the end of the source's
+        allocated data. The ID is still exactly obj_compute_id of the resulting image.
         `fixed_id` (the root KSO) skips derivation.
         """
         nonce = 0 if flags & c.TWZ_SYS_OC_ZERONONCE else int.from_bytes(os.urandom(16), "little")
@@ -102,8 +107,12 @@ class ObjectTable:
         read = _zeros
         if src is not None:
             smi = src.meta()
-            mi.sz, mi.fotentries = smi.sz, smi.fotentries
-            mi.flags |= smi.flags & c.MIF_SZ
+            mi.fotentries = smi.fotentries
+            if smi.flags & c.MIF_SZ:
+                mi.sz, mi.flags = smi.sz, mi.flags | c.MIF_SZ
+            elif mi.p_flags & c.MIP_HASHDATA:
+                end = src.backing.data_end(c.OBJ_NULLPAGE_SIZE, _DATA_SIZE)
+                mi.sz, mi.flags = end - c.OBJ_NULLPAGE_SIZE, mi.flags | c.MIF_SZ
             read = src.backing.pread
         oid = fixed_id if fixed_id is not None else compute_id(
             mi, _overlay(read, c.OBJ_METAINFO_OFFSET, mi.pack()))

@@ -61,6 +61,10 @@ class Backing:
             yield start, stop
             off = stop
 
+    def data_end(self, off: int, n: int) -> int:
+        """The end of the last allocated extent within [off, off + n), or off if none."""
+        return max((stop for _, stop in self.data_extents(off, n)), default=off)
+
     def has_data(self, off: int, n: int) -> bool:
         return next(self.data_extents(off, n), None) is not None
 
