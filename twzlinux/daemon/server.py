@@ -7,6 +7,7 @@ SCM_RIGHTS, hence raw sockets. Nothing a client or a program sends may stop the 
 callback catches, logs and answers with an error.
 """
 
+import errno
 import fcntl
 import logging
 import os
@@ -29,6 +30,7 @@ log = logging.getLogger("twzd")
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]  # holds twzlinux/ and libtwz/
 HANGUP_GRACE = 2.0  # after the twzrun connection drops: SIGHUP, then SIGKILL this much later
 SHUTDOWN_GRACE = 3.0  # after SIGTERM to twzd: SIGTERM to programs, then SIGKILL
+ACCEPT_PAUSE = 1.0  # after running out of fds, before accepting again
 MAX_MAP_COUNT = 262144  # one VMA per mapped object: the default 65530 caps a process's objects
 
 
@@ -44,11 +46,11 @@ def exit_status(returncode: int) -> int:
 class Program:
     """One spawned program: its Linux process, kernel record, stdio and the client that owns it."""
 
-    def __init__(self, daemon, conn, proc, popen, stdio, launch_sock):
+    def __init__(self, daemon, conn, proc, popen, argv, stdio, launch_sock):
         self.daemon, self.conn, self.proc, self.popen = daemon, conn, proc, popen
+        self.argv = argv
         self.stdio = stdio  # the client's fds 0,1,2, kept for the kernel console
         self.pid = popen.pid
-        self.argv = None
         self.listener = None
         self.launch_sock = launch_sock
         self.pidfd = os.pidfd_open(self.pid)
@@ -284,10 +286,16 @@ class Daemon:
         finally:
             theirs.close()
         proc.pid = popen.pid
-        stdio = tuple(fds)
-        fds.clear()
-        prog = Program(self, conn, proc, popen, stdio, ours)
-        prog.argv = [program, *args]
+        try:
+            prog = Program(self, conn, proc, popen, [program, *args], tuple(fds), ours)
+        except BaseException:
+            # Unsupervised, the program would run with nobody to serve its calls or reap it.
+            os.killpg(popen.pid, signal.SIGKILL)
+            popen.wait()
+            ours.close()
+            self.kernel.process_exit(proc)
+            raise
+        fds.clear()  # the program's stdio now belongs to prog
         self.programs[prog.pid] = prog
         conn.program = prog
         log.info("pid %d started (%s): %s", prog.pid, mode, prog.argv)
@@ -311,7 +319,21 @@ class Daemon:
             sock, _ = self.sock.accept()
         except (BlockingIOError, ConnectionAbortedError):
             return
+        except OSError as e:
+            if e.errno not in (errno.EMFILE, errno.ENFILE):
+                raise
+            # The pending connection keeps the socket readable: without a pause this callback
+            # would spin. Clients wait in the backlog meanwhile.
+            log.warning("out of file descriptors (%d connections, %d programs); not accepting "
+                        "for %.0f s", len(self.connections), len(self.programs), ACCEPT_PAUSE)
+            self.loop.remove_reader(self.sock.fileno())
+            self.loop.call_later(ACCEPT_PAUSE, self._resume_accepting)
+            return
         self.connections.add(Connection(self, sock))
+
+    def _resume_accepting(self) -> None:
+        if not self.stopping:
+            self.loop.add_reader(self.sock.fileno(), self.guard(self._on_accept))
 
     def serve(self) -> None:
         """Run until stopped. The caller holds the home's lock."""
