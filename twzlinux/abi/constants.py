@@ -169,3 +169,6 @@ def errno_name(code: int) -> str:
 # cannot hold; the native runtime exits with TWZ_FAULT_EXIT_BASE + fault instead (112..119),
 # clear of 126/127 (shell exec failures) and 128+signo (signal deaths).
 TWZ_FAULT_EXIT_BASE = 112
+
+# --- personality: size of the data region, measured from the object base (slot offset 0x1000)
+OBJ_DATA_SIZE = OBJ_TOPDATA - OBJ_NULLPAGE_SIZE

@@ -80,7 +80,7 @@ class Kernel:
         mi = ns.meta()
         mi.sz, mi.flags = len(data), mi.flags | c.MIF_SZ
         ns.write_meta(mi)
-        os.fsync(ns.backing.fd)
+        ns.backing.flush()
         tmp = state.with_suffix(".tmp")
         with open(tmp, "w") as f:
             json.dump({"root_namespace": id_str(ns.id)}, f)

@@ -21,7 +21,7 @@ def hashed_ranges(mi: Metainfo) -> list[tuple[int, int]]:
     """The (offset, length) ranges of the object image hashed after the header fields."""
     if not mi.p_flags & c.MIP_HASHDATA:
         return []
-    sz = min(mi.sz, c.OBJ_TOPDATA - c.OBJ_NULLPAGE_SIZE)
+    sz = min(mi.sz, c.OBJ_DATA_SIZE)
     tail = c.OBJ_METAPAGE_SIZE + c.OBJ_FOTE_SIZE * min(mi.fotentries, c.OBJ_MAXFOTE)
     return [(c.OBJ_NULLPAGE_SIZE, sz), (c.OBJ_MAXSIZE - tail, tail)]
 

@@ -46,9 +46,6 @@ class Obj:
         self.backing.pwrite(c.OBJ_METAINFO_OFFSET, mi.pack())
 
 
-_DATA_SIZE = c.OBJ_TOPDATA - c.OBJ_NULLPAGE_SIZE
-
-
 def _overlay(read: Callable[[int, int], bytes], off0: int, patch: bytes):
     """`read` with `patch` laid over [off0, off0 + len(patch))."""
     def patched(off: int, n: int) -> bytes:
@@ -111,7 +108,7 @@ class ObjectTable:
             if smi.flags & c.MIF_SZ:
                 mi.sz, mi.flags = smi.sz, mi.flags | c.MIF_SZ
             elif mi.p_flags & c.MIP_HASHDATA:
-                end = src.backing.data_end(c.OBJ_NULLPAGE_SIZE, _DATA_SIZE)
+                end = src.backing.data_end(c.OBJ_NULLPAGE_SIZE, c.OBJ_DATA_SIZE)
                 mi.sz, mi.flags = end - c.OBJ_NULLPAGE_SIZE, mi.flags | c.MIF_SZ
             read = src.backing.pread
         oid = fixed_id if fixed_id is not None else compute_id(
@@ -184,6 +181,7 @@ class ObjectTable:
             if obj.deleted:
                 obj.backing.free()
             else:
+                obj.backing.flush()
                 obj.backing.close()
         self._objs.clear()
         self._mapped_by.clear()

@@ -43,7 +43,9 @@ class Backing:
         flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC
         # Reopening through /proc gives a memfd a fresh open file description with its own
         # access mode; dup() would share twzd's read-write one.
-        return os.open(self.path if self.path else f"/proc/self/fd/{self.fd}", flags)
+        if self.path:
+            return os.open(self.path, flags | os.O_NOFOLLOW)
+        return os.open(f"/proc/self/fd/{self.fd}", flags)
 
     def data_extents(self, off: int, n: int) -> Iterator[tuple[int, int]]:
         """(start, end) of the allocated extents within [off, off + n)."""
@@ -94,6 +96,11 @@ class Backing:
                 done = os.pwrite(self.fd, os.pread(src.fd, min(n, _COPY_CHUNK), soff), doff)
             soff, doff, n = soff + done, doff + done, n - done
 
+    def flush(self) -> None:
+        """Push a persistent image to disk; a memfd has nowhere to go."""
+        if self.path:
+            os.fsync(self.fd)
+
     def close(self) -> None:
         os.close(self.fd)
 
@@ -130,7 +137,7 @@ class Store:
         """The persistent backing of `oid`, if the store has one."""
         path = self.path(oid)
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
         except FileNotFoundError:
             return None
         return Backing(fd, path)

@@ -23,7 +23,6 @@ if TYPE_CHECKING:
 HANDLERS: dict[str, Callable] = {}
 
 _PERMS = c.FE_READ | c.FE_WRITE | c.FE_EXEC | c.FE_USE
-_DATA_SIZE = c.OBJ_TOPDATA - c.OBJ_NULLPAGE_SIZE
 
 
 def handles(name: str):
@@ -49,7 +48,7 @@ def _check_flags(flags: int, valid: int) -> None:
 
 def _check_data_range(start: int, length: int) -> None:
     """[start, start + length) must lie in the data region (offsets from the object base)."""
-    if start < 0 or length < 0 or start + length > _DATA_SIZE:
+    if start < 0 or length < 0 or start + length > c.OBJ_DATA_SIZE:
         raise SyscallError(EINVAL, "range outside the data region")
 
 
