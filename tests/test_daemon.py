@@ -174,3 +174,24 @@ def test_cflags_names_the_include_directory():
 def test_socket_is_private(daemon):
     mode = (daemon / "twzd.sock").stat().st_mode & 0o777
     assert mode == 0o600
+
+
+def test_console_never_blocks_on_a_full_stderr(daemon, tmp_path):
+    prog = tmp_path / "chatty.py"
+    prog.write_text(textwrap.dedent("""
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syscall.restype = ctypes.c_long
+        line = ctypes.create_string_buffer(b"x" * 999 + b"\\n")
+        results = {libc.syscall(ctypes.c_long(0x1002), ctypes.c_long(ctypes.addressof(line)),
+                                ctypes.c_long(1000)) for _ in range(300)}
+        print(results)
+    """))
+    # Nobody reads stderr: 300 KB of console output overflows the pipe. twzd must drop what
+    # does not fit, not block (which would freeze every program it serves).
+    run = twzrun_popen(daemon, prog, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert run.wait(30) == 0
+    out, err = run.communicate()
+    assert out == "{0}\n"
+    assert 0 < len(err) < 300 * 1000 and set(err) == {"x", "\n"}
+    assert "stderr is full" in (daemon / "twzd.log").read_text()
