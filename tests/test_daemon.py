@@ -45,17 +45,23 @@ def test_one_daemon_per_home(daemon):
 
 def test_sigterm_stops_programs_and_cleans_up(fresh_home):
     twzd = start_daemon(fresh_home)
-    run = twzrun_popen(fresh_home, "/bin/sleep", "60", stdout=subprocess.PIPE)
-    conn = client.try_connect(fresh_home)
-    wait_for(lambda: conn.request({"op": "status"})["programs"], 10, "sleep to start")
-    conn.close()
+    polite = twzrun_popen(fresh_home, "/bin/sh", "-c", "echo ready; exec sleep 60",
+                          stdout=subprocess.PIPE)
+    # An ignored signal stays ignored across exec: this one needs the SIGKILL after the grace.
+    stubborn = twzrun_popen(fresh_home, "/bin/sh", "-c", "trap '' TERM; echo ready; sleep 60",
+                            stdout=subprocess.PIPE)
+    assert polite.stdout.readline() == stubborn.stdout.readline() == "ready\n"
     twzd.send_signal(signal.SIGTERM)
     assert twzd.wait(20) == 0
-    assert run.wait(20) == 128 + signal.SIGTERM
+    assert polite.wait(20) == 128 + signal.SIGTERM
+    assert stubborn.wait(20) == 128 + signal.SIGKILL
     assert not (fresh_home / "twzd.sock").exists()
     log = (fresh_home / "twzd.log").read_text()
-    assert "stopping on SIGTERM; 1 program(s) running" in log
+    assert "stopping on SIGTERM; 2 program(s) running" in log
+    assert "ignored SIGTERM" in log
     assert f"twzd {twzd.pid} stopped" in log
+    for run in (polite, stubborn):
+        run.stdout.close()
 
 
 def test_programs_killed_mid_syscall_leave_twzd_serving(daemon, build_native):

@@ -65,9 +65,9 @@ class Listener:
         try:
             # RECV blocks when nothing is pending, which would freeze twzd: only call it when
             # poll says a notification is waiting. One per wake-up; the loop calls again.
-            revents = select.poll()
-            revents.register(self.fd, select.POLLIN)
-            ready = revents.poll(0)
+            poller = select.poll()
+            poller.register(self.fd, select.POLLIN)
+            ready = poller.poll(0)
             events = ready[0][1] if ready else 0
             if events & select.POLLIN:
                 self._serve_one()
