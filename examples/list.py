@@ -71,8 +71,9 @@ def show(head):
     while node is not None:
         obj, off = node
         _, run, text = NODE.unpack(obj.read(off, NODE.size))
+        text = text.rstrip(b"\0").decode()
         objects.add(obj.id)
-        print(f"  [{i}] run {run}: {text.rstrip(b'\0').decode()}  (object {obj.id} "
+        print(f"  [{i}] run {run}: {text}  (object {obj.id} "
               f"+{off:#x}, mapped at {obj.address + off:#x})")
         node = obj.load_ptr(off)
         i += 1

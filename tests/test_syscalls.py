@@ -151,7 +151,7 @@ def test_syscalls_from_python(twzrun):
     assert res["untie_again"] == E["ENOENT"]
     assert res["tie_self"] == E["EPERM"]
     assert res["tie_enoent"] == E["ENOENT"]
-    assert res["ocopy"] == 0 and res["ocopy_data"] == "copied bytes"
+    assert res["ocopy"] == 0 and res["ocopy_data"] == "other bytes!"
     assert res["ocopy_misaligned"] == E["EINVAL"] and res["ocopy_range"] == E["EINVAL"]
     assert res["ocopy_efault"] == E["EFAULT"]
     assert res["ocopy_zero"] == 0 and res["ocopy_zero_data"] == "00000000"
