@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from twzlinux.abi import constants as c
-from twzlinux.abi import slots, structs
+from twzlinux.abi import slots
 from twzlinux.native import INCLUDE_DIR
 
 REPO = Path(__file__).resolve().parents[1]

@@ -126,21 +126,28 @@ def _c_int(value: int) -> str:
     return f"0x{value:X}{suffix}"
 
 
-def _int_constants(module):
-    for name, value in vars(module).items():
-        if name.isupper() and not name.startswith("_") and type(value) is int:
-            yield name, value
+def int_constants():
+    """(module, name, value) for every integer constant of the ABI modules, each name once
+    (slots.py re-exports what it imports from constants.py)."""
+    seen = set()
+    for module in (constants, slots, structs):
+        for name, value in vars(module).items():
+            if name.isupper() and not name.startswith("_") and type(value) is int \
+                    and name not in seen:
+                seen.add(name)
+                yield module, name, value
 
 
 def _constants() -> list:
-    lines = []
-    for module in (constants, slots, structs):
-        lines.append(f"\n/* {module.__name__} */")
-        for name, value in _int_constants(module):
-            define = f"#define {name} {_c_int(value)}"
-            if name in _LIBC_SHARED_NAMES:
-                define = f"#ifndef {name}\n{define}\n#endif"
-            lines.append(define)
+    lines, current = [], None
+    for module, name, value in int_constants():
+        if module is not current:
+            current = module
+            lines.append(f"\n/* {module.__name__} */")
+        define = f"#define {name} {_c_int(value)}"
+        if name in _LIBC_SHARED_NAMES:
+            define = f"#ifndef {name}\n{define}\n#endif"
+        lines.append(define)
     lines.append("\n/* fault names, indexed by fault number */")
     names = ", ".join(f'"{n}"' for n in constants.FAULT_NAMES)
     lines.append(f"#define TWZ_FAULT_NAMES_INIT {{ {names} }}")

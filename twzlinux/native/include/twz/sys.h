@@ -147,9 +147,9 @@ __extension__ typedef unsigned __int128 objid_t;
 #define EINVLOBJ 0x3E9
 #define ENOFOT 0x3EA
 #define TWZ_FAULT_EXIT_BASE 0x70
+#define OBJ_DATA_SIZE 0x3DFFF000
 
 /* twzlinux.abi.slots */
-#define OBJ_MAXSIZE 0x40000000
 #define WINDOW_START 0x400
 #define WINDOW_SLOTS 0x10000
 #define WINDOW_END 0x10400
