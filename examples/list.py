@@ -50,11 +50,11 @@ def append(head, words):
         off = block.alloc(NODE.size)
         block.write(off, NODE.pack(0, runs, word.encode()[:48]))
         if tail is None:
-            head.store_ptr(ROOT + 16, block, off)
+            head.store_ptr(ROOT + 16, block, off, write=True)
         else:
             tail_obj, tail_off = tail
-            tail_obj.store_ptr(tail_off, block, off)
-        head.store_ptr(ROOT + 24, block, off)
+            tail_obj.store_ptr(tail_off, block, off, write=True)
+        head.store_ptr(ROOT + 24, block, off, write=True)  # the tail is written through
         tail = (block, off)
         count += 1
     head.write(ROOT + 8, U64.pack(count))
