@@ -101,6 +101,8 @@ def daemon(twz_home):
     finally:
         if proc.poll() is None:
             proc.kill()
+    # A source edit during the session makes twzrun replace the daemon with a detached one
+    stop_daemon(twz_home)
 
 
 @pytest.fixture
