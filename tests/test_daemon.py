@@ -149,8 +149,8 @@ def test_idle_stale_daemon_is_replaced(fresh_home):
     assert run.stderr.count("\n") == 1 and "restarting it" in run.stderr
     assert stale.wait(10) == 0
     conn = client.try_connect(fresh_home)
-    # _build_id(), not BUILD_ID: the sources may have changed since this test process started
-    assert conn.hello["build"] == protocol._build_id() and conn.hello["pid"] != stale.pid
+    # build_id(), not BUILD_ID: the sources may have changed since this test process started
+    assert conn.hello["build"] == protocol.build_id() and conn.hello["pid"] != stale.pid
     conn.close()
 
 

@@ -25,19 +25,23 @@ class ProtocolError(Exception):
     """The peer sent something that is not a well-formed message."""
 
 
-def _build_id() -> str:
-    # Hash every Python source the daemon or a program can run, so a daemon started before an
-    # edit is detected by the next client instead of failing in some confusing way later.
+def build_id() -> str:
+    """A hash of every source the daemon or a program runs (Python, and the runtime's headers).
+
+    A daemon started before an edit is then detected by the next client, instead of failing in
+    some confusing way later.
+    """
     root = pathlib.Path(__file__).resolve().parents[2]
     h = hashlib.blake2b(digest_size=8)
     for pkg in ("twzlinux", "libtwz"):
-        for path in sorted((root / pkg).rglob("*.py")):
+        sources = [*(root / pkg).rglob("*.py"), *(root / pkg).rglob("*.h")]
+        for path in sorted(sources):
             h.update(str(path.relative_to(root)).encode() + b"\0")
             h.update(path.read_bytes())
     return h.hexdigest()
 
 
-BUILD_ID = _build_id()
+BUILD_ID = build_id()
 
 
 def socket_path(home: pathlib.Path) -> pathlib.Path:
