@@ -180,3 +180,22 @@ def test_client_killed_mid_run_hangs_up_the_program(daemon, tmp_path):
 
     wait_for(gone, 10, "the program to be killed")  # twzd answered status throughout
     conn.close()
+
+
+def test_other_syscall_abi_kills_the_process(twzrun, build_native):
+    # int $0x80 enters with the i386 numbering, where our range would mean other calls: the
+    # filter kills the process rather than let it reach Linux or twzd under another meaning.
+    exe = build_native("""
+        #include <stdio.h>
+        int main(void) {
+            long ret;
+            puts("before");
+            fflush(stdout);
+            __asm__ volatile ("int $0x80" : "=a"(ret) : "a"(20L) : "memory");
+            printf("survived %ld\\n", ret);
+            return 0;
+        }
+    """)
+    proc = twzrun(exe)
+    assert proc.returncode == 128 + signal.SIGSYS
+    assert proc.stdout == "before\n"
