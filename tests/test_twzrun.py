@@ -199,3 +199,18 @@ def test_other_syscall_abi_kills_the_process(twzrun, build_native):
     proc = twzrun(exe)
     assert proc.returncode == 128 + signal.SIGSYS
     assert proc.stdout == "before\n"
+
+
+def test_trace_decodes_each_call_on_stderr(daemon, tmp_path):
+    prog = tmp_path / "traced.py"
+    prog.write_text(RAW_SYSCALLS)
+    run = subprocess.run([sys.executable, "-m", "twzlinux.cli.twzrun", "--trace", str(prog)],
+                         env=twz_env(daemon), capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    lines = run.stderr.splitlines()
+    assert any(line.endswith("] NULL(arg=0) = 0") for line in lines), lines
+    assert any(line.endswith("] syscall(0x1fff) = -1 ENOSYS") for line in lines), lines
+    assert any("] DEBUG_PRINT(str=0x8, len=10) = -1 EFAULT" in line for line in lines), lines
+    # the console line comes before the trace of the call that printed it
+    assert lines.index("hello-console") < next(
+        i for i, line in enumerate(lines) if "DEBUG_PRINT" in line and line.endswith("= 0"))

@@ -1,9 +1,10 @@
-"""twzrun [--home DIR] PROGRAM [ARGS...]: run a Twizzler program under twzd.
+"""twzrun [--home DIR] [--trace] PROGRAM [ARGS...]: run a Twizzler program under twzd.
 
 PROGRAM is a Python program (a .py file, or a file with a python shebang), run as by
 `python PROGRAM ARGS...` with libtwz initialised; or a native executable built against twz/*.h.
 Its stdin, stdout, stderr, cwd and environment are twzrun's. twzrun forwards SIGINT, SIGTERM,
 SIGHUP and SIGQUIT to it and exits with its status (128+n if signal n killed it).
+--trace writes a line per Twizzler system call, decoded, to the program's stderr.
 """
 
 import os
@@ -13,6 +14,7 @@ import sys
 
 from twzlinux.daemon import client
 
+USAGE = "usage: twzrun [--home DIR] [--trace] PROGRAM [ARGS...]"
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 EXIT_NOT_FOUND, EXIT_NOT_EXECUTABLE, EXIT_TWZD_FAILED = 127, 126, 125
 
@@ -69,10 +71,10 @@ def _stdio() -> list:
     return fds
 
 
-def run(home, program: str, args: list) -> int:
+def run(home, program: str, args: list, trace: bool = False) -> int:
     path, mode = resolve(program)
     conn = client.connect(home)
-    conn.request({"op": "spawn", "program": path, "args": args, "mode": mode,
+    conn.request({"op": "spawn", "program": path, "args": args, "mode": mode, "trace": trace,
                   "cwd": os.getcwd(), "env": dict(os.environ)}, _stdio())
 
     def forward(signum, _frame):
@@ -94,10 +96,12 @@ def run(home, program: str, args: list) -> int:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    home = None
+    home, trace = None, False
     while argv and argv[0].startswith("-"):
         opt = argv.pop(0)
-        if opt == "--home" and argv:
+        if opt == "--trace":
+            trace = True
+        elif opt == "--home" and argv:
             home = argv.pop(0)
         elif opt.startswith("--home="):
             home = opt.split("=", 1)[1]
@@ -107,14 +111,13 @@ def main(argv=None) -> int:
         elif opt == "--":
             break
         else:
-            print(f"twzrun: unknown option {opt}\nusage: twzrun [--home DIR] PROGRAM [ARGS...]",
-                  file=sys.stderr)
+            print(f"twzrun: unknown option {opt}\n{USAGE}", file=sys.stderr)
             return 2
     if not argv:
-        print("usage: twzrun [--home DIR] PROGRAM [ARGS...]", file=sys.stderr)
+        print(USAGE, file=sys.stderr)
         return 2
     try:
-        return run(client.home_from(home), argv[0], argv[1:])
+        return run(client.home_from(home), argv[0], argv[1:], trace)
     except UsageError as e:
         print(f"twzrun: {e}", file=sys.stderr)
         return e.status

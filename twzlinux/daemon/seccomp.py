@@ -14,6 +14,7 @@ import select
 import struct
 
 from twzlinux.daemon.procmem import ProcMemory
+from twzlinux.daemon.trace import format_call
 from twzlinux.kernel.core import FdResult, SyscallError
 
 log = logging.getLogger("twzd.seccomp")
@@ -39,11 +40,12 @@ SECCOMP_ADDFD_FLAG_SEND = 2
 class Listener:
     """Serves one process's listener on `loop` until the process (and its descendants) are gone.
 
-    `proc` is the kernel's Process record.
+    `proc` is the kernel's Process record; `trace`, if given, receives a line per call.
     """
 
-    def __init__(self, loop, fd: int, kernel, proc):
+    def __init__(self, loop, fd: int, kernel, proc, trace=None):
         self.loop, self.fd, self.kernel, self.proc = loop, fd, kernel, proc
+        self.trace = trace
         self.exited = False  # set by the server after Kernel.process_exit(proc)
         try:
             # Wake the caller on the CPU twzd answers from: on this 2-CPU machine it is the
@@ -112,8 +114,12 @@ class Listener:
                 os.close(result.fd)
             return
         if isinstance(result, FdResult):
-            self._answer_fd(notif_id, result.fd)
+            installed = self._answer_fd(notif_id, result.fd)
+            if self.trace:  # after: the caller's fd number exists only once installed
+                self.trace(format_call(tid, nr, regs, installed))
         else:
+            if self.trace:  # before: the line then precedes anything the caller writes next
+                self.trace(format_call(tid, nr, regs, result))
             self._answer(notif_id, result)
 
     def _call(self, tid, nr, regs, mem):
@@ -147,16 +153,17 @@ class Listener:
             if e.errno != errno.ENOENT:  # ENOENT: the caller died after the ID_VALID check
                 raise
 
-    def _answer_fd(self, notif_id: int, fd: int) -> None:
+    def _answer_fd(self, notif_id: int, fd: int) -> int:
+        """Install `fd` in the caller as the call's result; the caller's fd number or -errno."""
         req = ADDFD.pack(notif_id, SECCOMP_ADDFD_FLAG_SEND, fd, 0, os.O_CLOEXEC)
         try:
-            fcntl.ioctl(self.fd, SECCOMP_IOCTL_NOTIF_ADDFD, bytearray(req), True)
+            return fcntl.ioctl(self.fd, SECCOMP_IOCTL_NOTIF_ADDFD, bytearray(req), True)
         except OSError as e:
             if e.errno == errno.ENOENT:
-                pass
-            elif e.errno == errno.EMFILE:
+                return -errno.ESRCH
+            if e.errno == errno.EMFILE:
                 self._answer(notif_id, -errno.EMFILE)  # the caller's fd table is full
-            else:
-                raise
+                return -errno.EMFILE
+            raise
         finally:
             os.close(fd)

@@ -46,9 +46,9 @@ def exit_status(returncode: int) -> int:
 class Program:
     """One spawned program: its Linux process, kernel record, stdio and the client that owns it."""
 
-    def __init__(self, daemon, conn, proc, popen, argv, stdio, launch_sock):
+    def __init__(self, daemon, conn, proc, popen, argv, trace, stdio, launch_sock):
         self.daemon, self.conn, self.proc, self.popen = daemon, conn, proc, popen
-        self.argv = argv
+        self.argv, self.trace = argv, trace
         self.stdio = stdio  # the client's fds 0,1,2, kept for the kernel console
         self.pid = popen.pid
         self.listener = None
@@ -87,7 +87,8 @@ class Program:
             log.warning("pid %d: the launcher exited before handing over its seccomp listener "
                         "(its stderr says why)", self.pid)
             return
-        self.listener = Listener(self.daemon.loop, fds[0], self.daemon.kernel, self.proc)
+        self.listener = Listener(self.daemon.loop, fds[0], self.daemon.kernel, self.proc,
+                                 trace=self._write_trace if self.trace else None)
         for extra in fds[1:]:
             os.close(extra)
 
@@ -116,22 +117,26 @@ class Program:
                 self.conn.program = None
             self.daemon.program_exited(self)
 
-    def console(self, data: bytes) -> None:
-        """Kernel console output: the program's stderr, unless writing would block twzd."""
+    def write_stderr(self, data: bytes) -> None:
+        """Kernel output (console, trace) to the program's stderr, unless it would block twzd.
+
+        `data` is at most PIPE_BUF bytes: POLLOUT on a pipe or tty means room for that much.
+        """
         if not self.stdio:
             return
         fd = self.stdio[2]
         try:
-            # POLLOUT on a pipe or tty means room for at least PIPE_BUF bytes, and DEBUG_PRINT
-            # writes at most 1024, so the write below cannot block.
             p = select.poll()
             p.register(fd, select.POLLOUT)
             if p.poll(0):
                 os.write(fd, data)
             else:
-                log.info("pid %d: stderr is full; console output not written there", self.pid)
+                log.info("pid %d: stderr is full; kernel output not written there", self.pid)
         except OSError as e:
-            log.info("pid %d: console output to stderr failed: %s", self.pid, e.strerror)
+            log.info("pid %d: kernel output to stderr failed: %s", self.pid, e.strerror)
+
+    def _write_trace(self, line: str) -> None:
+        self.write_stderr(line.encode()[:select.PIPE_BUF])
 
 
 class Connection:
@@ -261,6 +266,9 @@ class Daemon:
         if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                                 for k, v in env.items()):
             raise RequestError("spawn: 'env' must map strings to strings")
+        trace = msg.get("trace", False)
+        if not isinstance(trace, bool):
+            raise RequestError("spawn: 'trace' must be true or false")
         if len(fds) != 3:
             raise RequestError(f"spawn: expected 3 fds (stdin, stdout, stderr), got {len(fds)}")
         if any("\0" in s for s in [program, cwd, *args, *env, *env.values()]):
@@ -287,7 +295,7 @@ class Daemon:
             theirs.close()
         proc.pid = popen.pid
         try:
-            prog = Program(self, conn, proc, popen, [program, *args], tuple(fds), ours)
+            prog = Program(self, conn, proc, popen, [program, *args], trace, tuple(fds), ours)
         except BaseException:
             # Unsupervised, the program would run with nobody to serve its calls or reap it.
             os.killpg(popen.pid, signal.SIGKILL)
@@ -310,7 +318,7 @@ class Daemon:
         log.info("console pid %s: %s", proc.pid, data.decode("utf-8", "replace").rstrip("\n"))
         prog = self.programs.get(proc.pid)
         if prog is not None:
-            prog.console(data)
+            prog.write_stderr(data)
 
     # --- life cycle ---------------------------------------------------------------------------
 
