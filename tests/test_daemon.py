@@ -1,5 +1,6 @@
 """twzd's life cycle and robustness: start/status/stop, shutdown, hostile clients and programs."""
 
+import errno
 import os
 import signal
 import subprocess
@@ -202,3 +203,23 @@ def test_console_never_blocks_on_a_full_stderr(daemon, tmp_path):
     assert out == "{0}\n"
     assert 0 < len(err) < 300 * 1000 and set(err) == {"x", "\n"}
     assert "stderr is full" in (daemon / "twzd.log").read_text()
+
+
+def test_twzd_cannot_be_made_to_write_read_only_memory(twzrun):
+    # OCREATE writes the new ID through `retid`. Pointing it at a read-only page must fail with
+    # EFAULT, as the same store by the program would: twzd writes with the caller's permissions.
+    proc = twzrun("""
+        import ctypes, mmap
+        from twzlinux.abi import constants as c
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.mmap.restype = ctypes.c_void_p
+        libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                              ctypes.c_int, ctypes.c_long]
+        libc.syscall.restype = ctypes.c_long
+        page = libc.mmap(None, 4096, mmap.PROT_READ, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
+        args = [0, 0, 0, 0, c.MIP_DFL_READ | c.MIP_DFL_WRITE, page]
+        r = libc.syscall(ctypes.c_long(0x1008), *map(ctypes.c_long, args))
+        print(r, ctypes.get_errno(), ctypes.string_at(page, 16) == bytes(16))
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["-1", str(errno.EFAULT), "True"]
