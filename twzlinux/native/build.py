@@ -53,7 +53,7 @@ ffibuilder.set_source("twzlinux._twzrt", SOURCE, include_dirs=[str(INCLUDE_DIR)]
                       depends=[str(p) for p in sorted(INCLUDE_DIR.rglob("*.h"))],
                       # PyErr_SetInterruptEx (3.10) is hidden by the limited API cffi defaults to.
                       define_macros=[("_CFFI_NO_LIMITED_API", None)], py_limited_api=False,
-                      extra_compile_args=["-std=gnu11", "-Wall", "-Werror"])
+                      extra_compile_args=["-std=gnu11", "-Wall", "-Werror=implicit-function-declaration"])
 
 if __name__ == "__main__":
     ffibuilder.compile(tmpdir=str(INCLUDE_DIR.parent.parent.parent), verbose=True)

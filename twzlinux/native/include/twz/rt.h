@@ -566,15 +566,10 @@ int twz_rt_reserve_window(void)
 int twz_rt_init(uint64_t view_lo, uint64_t view_hi)
 {
 	objid_t id = MKID(view_hi, view_lo);
-	int r = twz_rt_reserve_window();
-	if(r < 0)
-		return r;
-	if(twz_rt.view_mapped)
-		return twz_rt.view_id == id ? 0 : -EBUSY;
 	long fd = sys_lx_objfd(id, VE_READ | VE_WRITE);
 	if(fd < 0)
 		return (int)fd;
-	r = twz_rt_map_view((int)fd, id);
+	int r = twz_rt_map_view((int)fd, id);
 	close((int)fd);
 	return r;
 }
