@@ -214,3 +214,27 @@ def test_trace_decodes_each_call_on_stderr(daemon, tmp_path):
     # the console line comes before the trace of the call that printed it
     assert lines.index("hello-console") < next(
         i for i, line in enumerate(lines) if "DEBUG_PRINT" in line and line.endswith("= 0"))
+
+
+def test_calls_from_threads_read_the_calling_threads_memory(twzrun):
+    # A notification names the calling thread; twzd must read that thread's /proc/TID/mem.
+    proc = twzrun("""
+        import ctypes, threading
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syscall.restype = ctypes.c_long
+        results = []
+        def worker(n):
+            for i in range(50):
+                msg = ctypes.create_string_buffer(f"thread {n} line {i}\\n".encode())
+                results.append(libc.syscall(ctypes.c_long(0x1002),
+                                            ctypes.c_long(ctypes.addressof(msg)),
+                                            ctypes.c_long(len(msg.value))))
+        threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+        for t in threads: t.start()
+        for t in threads: t.join()
+        print(len(results), set(results))
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "200 {0}\n"
+    assert sorted(proc.stderr.splitlines()) == sorted(
+        f"thread {n} line {i}" for n in range(4) for i in range(50))
