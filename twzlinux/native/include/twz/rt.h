@@ -783,6 +783,8 @@ void twz_rt_slot_release(long slot)
 	objid_t id;
 	uint32_t vflags;
 	struct viewrepr_bucket *b = NULL;
+	/* The entry names the bucket. A slot repointed with twz_rt_view_set since its allocation
+	 * matches none and stays allocated, as in Twizzler, where release takes the (id, flags). */
 	if(twz_rt_ve_read((uint64_t)slot, &id, &vflags))
 		b = twz_rt_bucket_lookup(id, vflags & ~(uint32_t)VE_VALID);
 	if(b && b->slot == (uint64_t)slot && b->refs > 0 && --b->refs == 0) {
