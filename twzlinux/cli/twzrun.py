@@ -1,7 +1,8 @@
 """twzrun [--home DIR] [--trace] PROGRAM [ARGS...]: run a Twizzler program under twzd.
 
 PROGRAM is a Python program (a .py file, or a file with a python shebang), run as by
-`python PROGRAM ARGS...` with libtwz initialised; or a native executable built against twz/*.h.
+`python PROGRAM ARGS...` (with the python running twzrun) with libtwz initialised; or a
+native executable built against twz/*.h.
 Its stdin, stdout, stderr, cwd and environment are twzrun's. twzrun forwards SIGINT, SIGTERM,
 SIGHUP and SIGQUIT to it and exits with its status (128+n if signal n killed it).
 --trace writes a line per Twizzler system call, decoded, to the program's stderr.
@@ -75,7 +76,8 @@ def run(home, program: str, args: list, trace: bool = False) -> int:
     path, mode = resolve(program)
     conn = client.connect(home)
     conn.request({"op": "spawn", "program": path, "args": args, "mode": mode, "trace": trace,
-                  "cwd": os.getcwd(), "env": dict(os.environ)}, _stdio())
+                  "python": sys.executable, "cwd": os.getcwd(), "env": dict(os.environ)},
+                 _stdio())
 
     def forward(signum, _frame):
         try:

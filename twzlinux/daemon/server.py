@@ -266,6 +266,11 @@ class Daemon:
         if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                                 for k, v in env.items()):
             raise RequestError("spawn: 'env' must map strings to strings")
+        # The client's interpreter, so a program sees the packages of the python that ran twzrun
+        python = msg.get("python", sys.executable)
+        if not (isinstance(python, str) and os.path.isabs(python) and os.access(python, os.X_OK)):
+            raise RequestError(f"spawn: 'python' must be an executable's absolute path, not "
+                               f"{python!r}")
         trace = msg.get("trace", False)
         if not isinstance(trace, bool):
             raise RequestError("spawn: 'trace' must be true or false")
@@ -283,7 +288,7 @@ class Daemon:
         try:
             popen = subprocess.Popen(
                 # -P: the caller's cwd must not shadow the launcher's imports (a json.py there)
-                [sys.executable, "-P", "-m", "twzlinux.launch", mode, program, *args],
+                [python, "-P", "-m", "twzlinux.launch", mode, program, *args],
                 stdin=fds[0], stdout=fds[1], stderr=fds[2], cwd=cwd, env=child_env,
                 pass_fds=(theirs.fileno(),), start_new_session=True)
         except OSError as e:
