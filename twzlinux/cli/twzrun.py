@@ -75,18 +75,29 @@ def _stdio() -> list:
 def run(home, program: str, args: list, trace: bool = False) -> int:
     path, mode = resolve(program)
     conn = client.connect(home)
-    conn.request({"op": "spawn", "program": path, "args": args, "mode": mode, "trace": trace,
-                  "python": sys.executable, "cwd": os.getcwd(), "env": dict(os.environ)},
-                 _stdio())
+    spawned, early = False, []
 
     def forward(signum, _frame):
+        if not spawned:
+            early.append(signum)  # twzd would refuse it before the spawn request
+            return
         try:
             conn.send({"op": "signal", "signal": signum})
         except OSError:
             pass  # twzd is gone; the next recv says so
 
+    # Installed before the spawn, so that twzrun never dies of a signal meant for the program.
     for signum in FORWARDED:
         signal.signal(signum, forward)
+    conn.send({"op": "spawn", "program": path, "args": args, "mode": mode, "trace": trace,
+               "python": sys.executable, "cwd": os.getcwd(), "env": dict(os.environ)},
+              _stdio())
+    spawned = True
+    for signum in early:
+        forward(signum, None)  # twzd handles a connection's messages in order: after the spawn
+    reply = conn.recv()
+    if "error" in reply:
+        raise client.ClientError(f"twzd: {reply['error']}")
     while True:
         msg = conn.recv()
         if "exit" in msg:
@@ -126,6 +137,8 @@ def main(argv=None) -> int:
     except client.ClientError as e:
         print(f"twzrun: {e}", file=sys.stderr)
         return EXIT_TWZD_FAILED
+    except KeyboardInterrupt:  # before the program started: nothing to forward it to
+        return 128 + signal.SIGINT
 
 
 if __name__ == "__main__":

@@ -145,6 +145,7 @@ class Connection:
     def __init__(self, daemon, sock: socket.socket):
         self.daemon, self.sock = daemon, sock
         self.program = None
+        self.spawned = False
         sock.setblocking(False)
         daemon.loop.add_reader(sock.fileno(), daemon.guard(self._on_readable))
 
@@ -241,10 +242,12 @@ class Daemon:
             signum = msg.get("signal")
             if not isinstance(signum, int) or signum not in signal.valid_signals():
                 raise RequestError(f"signal: {signum!r} is not a signal number")
-            if conn.program is None:
-                raise RequestError("signal: this connection runs no program")
-            conn.program.signal(signum)
-            return {"signalled": signum}
+            if conn.program is not None:
+                conn.program.signal(signum)
+                return {"signalled": signum}
+            if conn.spawned:
+                return {"signalled": None}  # it raced the program's exit: nothing to signal
+            raise RequestError("signal: this connection runs no program")
         raise RequestError(f"unknown request {op!r} (twzd speaks protocol "
                            f"{protocol.PROTOCOL_VERSION}: hello, status, stop, spawn, signal)")
 
@@ -311,6 +314,7 @@ class Daemon:
         fds.clear()  # the program's stdio now belongs to prog
         self.programs[prog.pid] = prog
         conn.program = prog
+        conn.spawned = True
         log.info("pid %d started (%s): %s", prog.pid, mode, prog.argv)
         return {"pid": prog.pid}
 
