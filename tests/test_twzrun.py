@@ -132,6 +132,10 @@ def test_missing_and_unexecutable_programs(twzrun, daemon, tmp_path):
     assert denied.returncode == 126
     assert "not executable" in denied.stderr
     assert twzrun(tmp_path).returncode == 126  # a directory
+    plain.chmod(0o755)  # executable now, but no format the kernel can run
+    garbage = twzrun(plain)
+    assert garbage.returncode == 126
+    assert "cannot execute" in garbage.stderr and "Exec format error" in garbage.stderr
 
 
 def test_shebang_python_without_suffix(twzrun, tmp_path):

@@ -15,7 +15,12 @@ from twzlinux.daemon import filter as seccomp_filter
 
 def _hand_over_listener() -> None:
     launch_fd = int(os.environ.pop("TWZ_LAUNCH_FD"))
-    listener = seccomp_filter.install()
+    try:
+        listener = seccomp_filter.install()
+    except OSError as e:
+        sys.exit(f"twzrun: cannot install the seccomp filter: {e.strerror}. twzlinux needs "
+                 "seccomp user notification (Linux 5.5 or newer, allowed by any container "
+                 "seccomp policy in force)")
     with socket.socket(fileno=launch_fd) as sock:
         socket.send_fds(sock, [b"L"], [listener])
     os.close(listener)  # twzd holds the listener now; keeping it would let us answer ourselves
@@ -23,7 +28,8 @@ def _hand_over_listener() -> None:
 
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) < 2 or argv[0] not in ("python", "native") or "TWZ_LAUNCH_FD" not in os.environ:
+    if (len(argv) < 2 or argv[0] not in ("python", "native")
+            or not os.environ.get("TWZ_LAUNCH_FD", "").isdigit()):
         sys.exit("usage: python -m twzlinux.launch python|native PROGRAM [ARGS...]\n"
                  "(run by twzd with TWZ_LAUNCH_FD set; run programs with twzrun)")
     mode, program, args = argv[0], argv[1], argv[2:]
