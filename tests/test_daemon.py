@@ -39,7 +39,7 @@ def test_one_daemon_per_home(daemon):
     second = subprocess.run([sys.executable, "-m", "twzlinux.cli.twzd", "--home", str(daemon),
                              "--foreground"], env=twz_env(daemon), capture_output=True,
                             text=True, timeout=30)
-    assert second.returncode == 1
+    assert second.returncode == protocol.EXIT_ALREADY_RUNNING
     assert f"already running for {daemon}" in second.stderr
     assert twz(daemon, "daemon", "status").returncode == 0
 
@@ -225,3 +225,19 @@ def test_twzd_cannot_be_made_to_write_read_only_memory(twzrun):
     """)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["-1", str(errno.EFAULT), "True"]
+
+
+def test_twzrun_during_a_shutdown_gets_a_new_daemon(fresh_home):
+    old = start_daemon(fresh_home)
+    stubborn = twzrun_popen(fresh_home, "/bin/sh", "-c", "trap '' TERM; echo ready; sleep 60",
+                            stdout=subprocess.PIPE)
+    assert stubborn.stdout.readline() == "ready\n"
+    old.send_signal(signal.SIGTERM)  # now stopping for the 3 s grace, holding the home's lock
+    wait_for(lambda: not (fresh_home / "twzd.sock").exists(), 10, "the socket to go")
+    run = subprocess.run([sys.executable, "-m", "twzlinux.cli.twzrun", "--home", str(fresh_home),
+                          "/bin/echo", "next"], env=twz_env(fresh_home), capture_output=True,
+                         text=True, timeout=60)
+    assert (run.returncode, run.stdout) == (0, "next\n"), run.stderr
+    assert old.wait(10) == 0 and stubborn.wait(10) == 128 + signal.SIGKILL
+    assert daemon_pid(fresh_home) not in (None, old.pid)
+    stubborn.stdout.close()

@@ -111,11 +111,13 @@ def start(home: pathlib.Path) -> Connection:
         conn = try_connect(home)
         if conn is not None:
             return conn
-        if child.poll() is not None and not lock_held(home):
-            # Ours exited, and not because another daemon holds the home: it failed to start
-            # (or the winner of a start race has stopped since; the log tells which).
+        if child.poll() is None:
+            continue
+        if child.returncode != protocol.EXIT_ALREADY_RUNNING:
             raise ClientError(f"twzd for {home} failed to start:\n{_log_tail(home)}\n"
                               f"(full log: {home}/twzd.log)")
+        if not lock_held(home):
+            child = _spawn_daemon(home)  # the daemon that held the home (stopping?) is gone
     raise ClientError(f"twzd for {home} did not start within {START_TIMEOUT:.0f} s; "
                       f"see {home}/twzd.log")
 

@@ -19,6 +19,8 @@ import socket
 PROTOCOL_VERSION = 1
 MAX_MESSAGE = 256 * 1024  # below the default socket buffer, which caps a SEQPACKET message
 MAX_FDS = 4
+# twzd's exit status when another daemon holds the home: sysexits' EX_TEMPFAIL, "try again"
+EXIT_ALREADY_RUNNING = 75
 
 
 class ProtocolError(Exception):

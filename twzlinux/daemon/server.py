@@ -473,7 +473,7 @@ def run(home: pathlib.Path) -> int:
         lock = lock_home(home)
     except AlreadyRunning as e:
         print(f"twzd: {e}", file=sys.stderr)
-        return 1
+        return protocol.EXIT_ALREADY_RUNNING
     setup_logging(home, also_stderr=True)
     path = protocol.socket_path(home)
     if len(os.fsencode(path)) >= 108:
