@@ -46,6 +46,8 @@ class Listener:
     def __init__(self, loop, fd: int, kernel, proc, trace=None):
         self.loop, self.fd, self.kernel, self.proc = loop, fd, kernel, proc
         self.trace = trace
+        self._poller = select.poll()
+        self._poller.register(fd, select.POLLIN)
         self.exited = False  # set by the server after Kernel.process_exit(proc)
         try:
             # Wake the caller on the CPU twzd answers from: on this 2-CPU machine it is the
@@ -67,9 +69,7 @@ class Listener:
         try:
             # RECV blocks when nothing is pending, which would freeze twzd: only call it when
             # poll says a notification is waiting. One per wake-up; the loop calls again.
-            poller = select.poll()
-            poller.register(self.fd, select.POLLIN)
-            ready = poller.poll(0)
+            ready = self._poller.poll(0)
             events = ready[0][1] if ready else 0
             if events & select.POLLIN:
                 self._serve_one()
