@@ -117,6 +117,8 @@ def test_malformed_requests_get_errors_not_a_dead_daemon(daemon):
           "env": {}}, [0, 1, 2], "NUL"),
         ({"op": "spawn", "program": "/bin/true", "args": [], "mode": "native", "cwd": "/",
           "env": {}, "python": "python3"}, [0, 1, 2], "absolute path"),
+        ({"op": "spawn", "program": "/bin/true", "args": [], "mode": "native", "cwd": "/",
+          "env": {"A=B": "c"}}, [0, 1, 2], "contains '='"),
         ({"op": "signal", "signal": 2}, [], "runs no program"),
         ({"op": "signal", "signal": "KILL"}, [], "not a signal number"),
     ]

@@ -281,35 +281,39 @@ class Daemon:
             raise RequestError(f"spawn: expected 3 fds (stdin, stdout, stderr), got {len(fds)}")
         if any("\0" in s for s in [program, cwd, *args, *env, *env.values()]):
             raise RequestError("spawn: arguments, cwd and environment cannot contain NUL bytes")
+        if any(not k or "=" in k for k in env):
+            raise RequestError("spawn: an environment variable name is empty or contains '='")
 
-        proc = self.kernel.new_process()
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        child_env = {**env, **proc.env(), "TWZ_HOME": str(self.home),
-                     "TWZ_LAUNCH_FD": str(theirs.fileno()),
-                     "PYTHONPATH": os.pathsep.join(
-                         [str(REPO_ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))}
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        popen = proc = None
         try:
-            popen = subprocess.Popen(
-                # -P: the caller's cwd must not shadow the launcher's imports (a json.py there)
-                [python, "-P", "-m", "twzlinux.launch", mode, program, *args],
-                stdin=fds[0], stdout=fds[1], stderr=fds[2], cwd=cwd, env=child_env,
-                pass_fds=(theirs.fileno(),), start_new_session=True)
-        except OSError as e:
-            ours.close()
-            self.kernel.process_exit(proc)
-            raise RequestError(f"cannot start {program}: {e.strerror}"
-                               + (f" (cwd {cwd})" if e.filename == cwd else "")) from None
-        finally:
-            theirs.close()
-        proc.pid = popen.pid
-        try:
+            proc = self.kernel.new_process()
+            child_env = {**env, **proc.env(), "TWZ_HOME": str(self.home),
+                         "TWZ_LAUNCH_FD": str(theirs.fileno()),
+                         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT),
+                                                                     env.get("PYTHONPATH")]))}
+            try:
+                popen = subprocess.Popen(
+                    # -P: the caller's cwd must not shadow the launcher's imports (a json.py)
+                    [python, "-P", "-m", "twzlinux.launch", mode, program, *args],
+                    stdin=fds[0], stdout=fds[1], stderr=fds[2], cwd=cwd, env=child_env,
+                    pass_fds=(theirs.fileno(),), start_new_session=True)
+            except OSError as e:
+                raise RequestError(f"cannot start {program}: {e.strerror}"
+                                   + (f" (cwd {cwd})" if e.filename == cwd else "")) from None
+            finally:
+                theirs.close()
+            proc.pid = popen.pid
             prog = Program(self, conn, proc, popen, [program, *args], trace, tuple(fds), ours)
         except BaseException:
-            # Unsupervised, the program would run with nobody to serve its calls or reap it.
-            os.killpg(popen.pid, signal.SIGKILL)
-            popen.wait()
+            theirs.close()  # idempotent: new_process() may have failed before the Popen
+            if popen is not None:
+                # Unsupervised, it would run with nobody to serve its calls or reap it.
+                os.killpg(popen.pid, signal.SIGKILL)
+                popen.wait()
             ours.close()
-            self.kernel.process_exit(proc)
+            if proc is not None:
+                self.kernel.process_exit(proc)
             raise
         fds.clear()  # the program's stdio now belongs to prog
         self.programs[prog.pid] = prog
