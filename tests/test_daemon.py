@@ -243,3 +243,13 @@ def test_twzrun_during_a_shutdown_gets_a_new_daemon(fresh_home):
     assert old.wait(10) == 0 and stubborn.wait(10) == 128 + signal.SIGKILL
     assert daemon_pid(fresh_home) not in (None, old.pid)
     stubborn.stdout.close()
+
+
+def test_finished_programs_leave_no_fds_in_twzd(daemon, twzrun):
+    fds = Path(f"/proc/{daemon_pid(daemon)}/fd")
+    before = len(list(fds.iterdir()))
+    for _ in range(5):
+        assert twzrun("/bin/true").returncode == 0
+        assert twzrun("import ctypes; ctypes.CDLL(None).syscall(0x1000, 0)").returncode == 0
+    # listeners close on their POLLHUP, which may come a moment after the exit status
+    wait_for(lambda: len(list(fds.iterdir())) <= before, 10, "twzd's fd count to settle")
