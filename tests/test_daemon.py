@@ -253,3 +253,12 @@ def test_finished_programs_leave_no_fds_in_twzd(daemon, twzrun):
         assert twzrun("import ctypes; ctypes.CDLL(None).syscall(0x1000, 0)").returncode == 0
     # listeners close on their POLLHUP, which may come a moment after the exit status
     wait_for(lambda: len(list(fds.iterdir())) <= before, 10, "twzd's fd count to settle")
+
+
+def test_sigint_and_sighup_also_stop_twzd_cleanly(fresh_home):
+    for signum in (signal.SIGINT, signal.SIGHUP):
+        twzd = start_daemon(fresh_home)
+        twzd.send_signal(signum)
+        assert twzd.wait(20) == 0
+        assert not (fresh_home / "twzd.sock").exists()
+        assert f"stopping on {signal.Signals(signum).name}" in (fresh_home / "twzd.log").read_text()

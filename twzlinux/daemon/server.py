@@ -372,7 +372,8 @@ class Daemon:
         self.sock.listen(64)
         self.sock.setblocking(False)
         self.loop.add_reader(self.sock.fileno(), self.guard(self._on_accept))
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        # SIGHUP too: a foreground twzd whose terminal closes must not orphan its programs
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             self.loop.add_signal_handler(signum, self.shutdown, signal.Signals(signum).name)
         log.info("twzd %d serving %s (protocol %d, build %s)", os.getpid(), self.sock_path,
                  protocol.PROTOCOL_VERSION, protocol.BUILD_ID)
