@@ -262,3 +262,16 @@ def test_sigint_and_sighup_also_stop_twzd_cleanly(fresh_home):
         assert twzd.wait(20) == 0
         assert not (fresh_home / "twzd.sock").exists()
         assert f"stopping on {signal.Signals(signum).name}" in (fresh_home / "twzd.log").read_text()
+
+
+def test_a_wedged_daemon_does_not_hang_clients(fresh_home):
+    twzd = start_daemon(fresh_home)
+    twzd.send_signal(signal.SIGSTOP)
+    try:
+        run = subprocess.run([sys.executable, "-m", "twzlinux.cli.twzrun", "--home",
+                              str(fresh_home), "/bin/true"], env=twz_env(fresh_home),
+                             capture_output=True, text=True, timeout=30)
+        assert run.returncode == 125
+        assert "does not answer" in run.stderr and "daemon stop" in run.stderr
+    finally:
+        twzd.send_signal(signal.SIGCONT)

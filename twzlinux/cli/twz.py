@@ -67,7 +67,7 @@ def main(argv=None) -> int:
     home = client.home_from(opts.home)
     try:
         return {"status": _status, "start": _start, "stop": _stop}[opts.action](home)
-    except client.ClientError as e:
+    except (client.ClientError, OSError) as e:
         print(f"twz: {e}", file=sys.stderr)
         return 1
 

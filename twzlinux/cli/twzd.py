@@ -23,7 +23,7 @@ def main(argv=None) -> int:
         return server.run(home)
     try:
         conn = client.start(home)
-    except client.ClientError as e:
+    except (client.ClientError, OSError) as e:
         print(f"twzd: {e}", file=sys.stderr)
         return 1
     print(f"twzd running for {home} (pid {conn.hello.get('pid')}, log {home}/twzd.log)")

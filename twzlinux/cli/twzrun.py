@@ -137,6 +137,9 @@ def main(argv=None) -> int:
     except client.ClientError as e:
         print(f"twzrun: {e}", file=sys.stderr)
         return EXIT_TWZD_FAILED
+    except OSError as e:  # the home cannot be created, the log cannot be opened, ...
+        print(f"twzrun: {e}", file=sys.stderr)
+        return EXIT_TWZD_FAILED
     except KeyboardInterrupt:  # before the program started: nothing to forward it to
         return 128 + signal.SIGINT
 

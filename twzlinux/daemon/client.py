@@ -16,6 +16,7 @@ import time
 from twzlinux.daemon import protocol
 
 START_TIMEOUT = 10.0
+HELLO_TIMEOUT = 5.0
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
@@ -68,28 +69,44 @@ class Connection:
 
 
 def try_connect(home: pathlib.Path):
+    """A handshaken connection to `home`'s daemon, or None if none is listening."""
+    path = protocol.socket_path(home)
     sock = protocol.new_socket()
     try:
-        sock.connect(str(protocol.socket_path(home)))
+        sock.connect(str(path))
     except (FileNotFoundError, ConnectionRefusedError):
         sock.close()
         return None
+    except OSError as e:
+        sock.close()
+        raise ClientError(f"cannot connect to {path}: {e.strerror or e}") from None
+    sock.settimeout(HELLO_TIMEOUT)  # a wedged (or SIGSTOPped) daemon must not hang the client
     try:
         protocol.send(sock, {"op": "hello", "version": protocol.PROTOCOL_VERSION,
                              "build": protocol.BUILD_ID})
         got = protocol.recv(sock)
     except (ConnectionResetError, BrokenPipeError, protocol.ProtocolError):
         got = None  # a daemon that is shutting down: treat it as absent
+    except TimeoutError:
+        sock.close()
+        raise ClientError(f"twzd for {home} accepts connections but does not answer within "
+                          f"{HELLO_TIMEOUT:.0f} s; see {home}/twzd.log, or restart it with "
+                          f"`twz --home {home} daemon stop`") from None
     if got is None:
         sock.close()
         return None
+    sock.settimeout(None)
     for fd in got[1]:
         os.close(fd)
     return Connection(sock, home, got[0])
 
 
 def _spawn_daemon(home: pathlib.Path) -> subprocess.Popen:
-    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as e:
+        raise ClientError(f"cannot use {home} as the home: {e.strerror} (choose a writable "
+                          "directory with --home or TWZ_HOME)") from None
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     with open(home / "twzd.log", "ab") as log:

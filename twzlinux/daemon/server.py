@@ -473,12 +473,16 @@ def _same_file(fd: int, path: pathlib.Path) -> bool:
 
 def run(home: pathlib.Path) -> int:
     """Serve `home` in the foreground; the exit status for twzd."""
-    home.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
+        home.mkdir(parents=True, exist_ok=True, mode=0o700)
         lock = lock_home(home)
     except AlreadyRunning as e:
         print(f"twzd: {e}", file=sys.stderr)
         return protocol.EXIT_ALREADY_RUNNING
+    except OSError as e:
+        print(f"twzd: cannot use {home} as the home: {e.strerror} (choose a writable directory "
+              "with --home or TWZ_HOME)", file=sys.stderr)
+        return 1
     setup_logging(home, also_stderr=True)
     path = protocol.socket_path(home)
     if len(os.fsencode(path)) >= 108:
