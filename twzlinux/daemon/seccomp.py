@@ -108,11 +108,9 @@ class Listener:
             result = self._call(tid, nr, regs, mem)
         finally:
             mem.close()
-        if not self._id_valid(notif_id):
-            log.debug("pid %s: caller %s gone before the answer to %#x", self.proc.pid, tid, nr)
-            if isinstance(result, FdResult):
-                os.close(result.fd)
-            return
+        # No ID_VALID check here: ProcMemory checked it after opening the caller's memory (the
+        # check that matters, against a recycled tid), and an answer to a caller that has gone
+        # since fails with ENOENT, which both answer paths expect.
         if isinstance(result, FdResult):
             installed = self._answer_fd(notif_id, result.fd)
             if self.trace:  # after: the caller's fd number exists only once installed
@@ -150,7 +148,7 @@ class Listener:
         try:
             fcntl.ioctl(self.fd, SECCOMP_IOCTL_NOTIF_SEND, bytearray(resp), True)
         except OSError as e:
-            if e.errno != errno.ENOENT:  # ENOENT: the caller died after the ID_VALID check
+            if e.errno != errno.ENOENT:  # ENOENT: the caller has gone
                 raise
 
     def _answer_fd(self, notif_id: int, fd: int) -> int:

@@ -35,7 +35,8 @@ def _chunks(read: Callable[[int, int], bytes], off: int, n: int) -> Iterator[byt
 
 
 def fold(digest: bytes) -> int:
-    return int.from_bytes(bytes(a ^ b for a, b in zip(digest[:16], digest[16:32])), "little")
+    """id[i] = h[i] ^ h[i+16], read little-endian: the XOR of the two halves as integers."""
+    return int.from_bytes(digest[:16], "little") ^ int.from_bytes(digest[16:32], "little")
 
 
 def compute_id(mi: Metainfo, read: Callable[[int, int], bytes]) -> int:

@@ -113,7 +113,10 @@ class ObjectTable:
             read = src.backing.pread
         oid = fixed_id if fixed_id is not None else compute_id(
             mi, _overlay(read, c.OBJ_METAINFO_OFFSET, mi.pack()))
-        if oid in self._objs or self.store.exists(oid):
+        # A random 128-bit nonce does not collide; only a deterministic ID (ZERONONCE, a fixed
+        # ID) can name an object that exists, perhaps only on disk so far.
+        deterministic = fixed_id is not None or not nonce
+        if oid in self._objs or (deterministic and self.store.exists(oid)):
             raise SyscallError(errno.EEXIST, "an object with this ID exists")
         backing = (self.store.persistent if flags & c.TWZ_SYS_OC_PERSIST_ else
                    self.store.volatile)(oid)
