@@ -15,6 +15,9 @@ from .errors import TwzError, make_fault, syscall_error
 from .ids import ObjID
 
 _U64 = struct.Struct("<Q")
+_load_u64 = _U64.unpack_from
+_NULLPAGE = c.OBJ_NULLPAGE_SIZE
+_MAXSIZE = c.OBJ_MAXSIZE
 _LOCAL_MASK = c.OBJ_MAXSIZE - 1
 _RWX = c.FE_READ | c.FE_WRITE | c.FE_EXEC
 DEFAULT_PERMS = c.MIP_DFL_READ | c.MIP_DFL_WRITE
@@ -190,15 +193,15 @@ class Object:
 
     def load_ptr(self, offset: int):
         """Resolve the persistent pointer at `offset`: (target object, offset), or None for 0."""
-        if offset < c.OBJ_NULLPAGE_SIZE:
+        # The hot path of every linked structure: module-level names, no attribute chains.
+        if offset < _NULLPAGE:
             _check_range(self, offset, 8)
-        ptr = _U64.unpack_from(self._mv, offset)[0]
-        if ptr < c.OBJ_MAXSIZE:
+        ptr = _load_u64(self._mv, offset)[0]
+        if ptr < _MAXSIZE:
             return (self, ptr) if ptr else None
-        idx = ptr >> 30
-        target = self._fot_cache.get(idx)
+        target = self._fot_cache.get(ptr >> 30)
         if target is None:
-            target = self._fot_cache[idx] = self._resolve(idx, ptr)
+            target = self._fot_cache[ptr >> 30] = self._resolve(ptr >> 30, ptr)
         return target, ptr & _LOCAL_MASK
 
     def _resolve(self, idx: int, ptr: int) -> "Object":
