@@ -16,6 +16,7 @@ from twzlinux.abi import constants as c
 from .errors import SyscallError
 from .ids import compute_id
 from .metainfo import Metainfo
+from .saved import SavedState
 from .store import Backing, Store
 
 
@@ -66,6 +67,40 @@ class ObjectTable:
         self.store = store
         self._objs: dict[int, Obj] = {}
         self._mapped_by: dict[Hashable, set[int]] = {}
+        self.saved = SavedState(store.dir.parent / "twzd.db")
+        self._recover()
+
+    def _recover(self) -> None:
+        """Bring back what twzd knew about persistent objects; free those deleted while
+        referenced, now that whatever referenced them (processes, volatile parents) is gone."""
+        self.store.sweep()
+        for oid, saved in self.saved.objects().items():
+            obj = self._load(oid)
+            if obj is None:  # freed, and the crash came before its row went
+                self.saved.forget(oid)
+                continue
+            obj.deleted, obj.hidden, obj.source = saved.deleted, saved.hidden, saved.source
+        for parent, child, n in self.saved.ties():
+            p, ch = (self._objs.get(oid) or self._load(oid) for oid in (parent, child))
+            if p is None or ch is None:
+                self.saved.set_tie(parent, child, 0)
+                continue
+            p.ties[child] += n
+            ch.tied += n
+        for obj in list(self._objs.values()):
+            source = self._objs.get(obj.source)
+            if source is not None:
+                source.derived.add(obj.id)
+        for obj in list(self._objs.values()):
+            self._release(obj)
+
+    def _save(self, obj: Obj) -> None:
+        if obj.persistent:
+            self.saved.save(obj.id, obj.deleted, obj.hidden, obj.source)
+
+    def _save_tie(self, parent: Obj, child: Obj) -> None:
+        if parent.persistent and child.persistent:
+            self.saved.set_tie(parent.id, child.id, parent.ties[child.id])
 
     def lookup(self, oid: int, hidden: bool = False) -> Obj | None:
         """The live object `oid` (hidden ones only if asked), loading persistent ones lazily."""
@@ -126,6 +161,10 @@ class ObjectTable:
             src.derived.add(oid)
             obj.source = src.id
         obj.write_meta(mi)
+        if obj.persistent:
+            if src is not None:
+                self._save(obj)
+            self.store.publish(backing)
         self._objs[oid] = obj
         return obj
 
@@ -133,6 +172,7 @@ class ObjectTable:
         """ODELETE: free now if unreferenced, else when the last reference goes."""
         obj.deleted = True
         obj.hidden = obj.hidden or immediate
+        self._save(obj)
         self._release(obj)
 
     def map(self, obj: Obj, key: Hashable) -> None:
@@ -149,6 +189,7 @@ class ObjectTable:
     def tie(self, parent: Obj, child: Obj) -> None:
         parent.ties[child.id] += 1
         child.tied += 1
+        self._save_tie(parent, child)
 
     def untie(self, parent: Obj, child: Obj) -> bool:
         if not parent.ties[child.id]:
@@ -157,6 +198,7 @@ class ObjectTable:
         if not parent.ties[child.id]:
             del parent.ties[child.id]
         child.tied -= 1
+        self._save_tie(parent, child)
         self._release(child)
         return True
 
@@ -166,25 +208,35 @@ class ObjectTable:
             child = self._objs.get(cid)
             if child is not None:
                 child.tied -= n
+                self._save_tie(parent, child)
                 self._release(child)
 
     def _release(self, obj: Obj) -> None:
         if obj.deleted and not obj.mappers and not obj.tied and self._objs.get(obj.id) is obj:
             del self._objs[obj.id]
             obj.backing.free()
+            if obj.persistent:
+                self.saved.forget(obj.id)
             source = self._objs.get(obj.source)
             if source is not None:
                 source.derived.discard(obj.id)
             self.drop_ties(obj)
 
     def close(self) -> None:
-        """Release every backing. Deleted objects still referenced are freed now: with the
-        kernel gone, so are the processes that referenced them."""
+        """Release every backing. With the kernel gone, so are the processes and the volatile
+        objects: their mappings and ties go first, which frees the deleted objects they held
+        (a deleted persistent object tied by a persistent one stays, as it would on restart)."""
+        for key in list(self._mapped_by):
+            self.unmap_all(key)
+        for obj in list(self._objs.values()):
+            if not obj.persistent:
+                self.drop_ties(obj)
         for obj in self._objs.values():
-            if obj.deleted:
+            if obj.deleted and not obj.persistent:
                 obj.backing.free()
             else:
                 obj.backing.flush()
                 obj.backing.close()
         self._objs.clear()
         self._mapped_by.clear()
+        self.saved.close()

@@ -17,6 +17,7 @@ from twzlinux.abi.structs import id_str
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
 _COPY_CHUNK = 1 << 20
+_TEMP = ".new-"  # never an object name (those are hex:hex)
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long)
 
@@ -125,10 +126,35 @@ class Store:
         return Backing(fd)
 
     def persistent(self, oid: int) -> Backing:
+        """A new image under a temporary name: it gets the object's name only in `publish`,
+        once complete, so a crash never leaves a named object without its metainfo."""
         path = self.path(oid)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        fd = os.open(self._temp(path), os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         os.ftruncate(fd, OBJ_MAXSIZE)
         return Backing(fd, path)
+
+    def publish(self, backing: Backing) -> None:
+        """Give a complete new image its object's name: fsync, then link (which, unlike
+        rename, refuses to replace an existing object), drop the temporary name, fsync the
+        directory."""
+        temp = self._temp(backing.path)
+        os.fsync(backing.fd)
+        os.link(temp, backing.path)
+        os.unlink(temp)
+        dfd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+    def sweep(self) -> None:
+        """Remove the images of creations a crash interrupted (never published)."""
+        for temp in self.dir.glob(_TEMP + "*"):
+            temp.unlink(missing_ok=True)
+
+    @staticmethod
+    def _temp(path: Path) -> Path:
+        return path.with_name(_TEMP + path.name)
 
     def exists(self, oid: int) -> bool:
         return self.path(oid).exists()
