@@ -15,8 +15,9 @@ from twzlinux.daemon import filter as seccomp_filter
 
 def _hand_over_listener() -> None:
     launch_fd = int(os.environ.pop("TWZ_LAUNCH_FD"))
+    trace = bool(os.environ.pop("TWZ_TRACE", ""))  # refused Linux calls then go to twzd too
     try:
-        listener = seccomp_filter.install()
+        listener = seccomp_filter.install(trace)
     except OSError as e:
         sys.exit(f"twzrun: cannot install the seccomp filter: {e.strerror}. twzlinux needs "
                  "seccomp user notification (Linux 5.5 or newer, allowed by any container "

@@ -1,11 +1,12 @@
-"""twzrun [--home DIR] [--trace] PROGRAM [ARGS...]: run a Twizzler program under twzd.
+"""twzrun [--home DIR] [--trace | --trace-dir DIR] PROGRAM [ARGS...]: run a Twizzler program.
 
 PROGRAM is a Python program (a .py file, or a file with a python shebang), run as by
 `python PROGRAM ARGS...` (with the python running twzrun) with libtwz initialised; or a
 native executable built against twz/*.h.
 Its stdin, stdout, stderr, cwd and environment are twzrun's. twzrun forwards SIGINT, SIGTERM,
 SIGHUP and SIGQUIT to it and exits with its status (128+n if signal n killed it).
---trace writes a line per Twizzler system call, decoded, to the program's stderr.
+--trace writes a line per Twizzler system call and per refused Linux call, decoded, to the
+program's stderr; --trace-dir DIR writes them to DIR/trace.TID instead, one file per thread.
 """
 
 import os
@@ -15,7 +16,7 @@ import sys
 
 from twzlinux.daemon import client
 
-USAGE = "usage: twzrun [--home DIR] [--trace] PROGRAM [ARGS...]"
+USAGE = "usage: twzrun [--home DIR] [--trace | --trace-dir DIR] PROGRAM [ARGS...]"
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 EXIT_NOT_FOUND, EXIT_NOT_EXECUTABLE, EXIT_TWZD_FAILED = 127, 126, 125
 
@@ -72,7 +73,8 @@ def _stdio() -> list:
     return fds
 
 
-def run(home, program: str, args: list, trace: bool = False) -> int:
+def run(home, program: str, args: list, trace: bool | str = False) -> int:
+    """trace: False, True (to the program's stderr) or a directory (one file per thread)."""
     path, mode = resolve(program)
     conn = client.connect(home)
     spawned, early = False, []
@@ -114,6 +116,13 @@ def main(argv=None) -> int:
         opt = argv.pop(0)
         if opt == "--trace":
             trace = True
+        elif opt == "--trace-dir" and argv:
+            trace = os.path.abspath(argv.pop(0))
+            try:
+                os.makedirs(trace, exist_ok=True)
+            except OSError as e:
+                print(f"twzrun: --trace-dir {trace}: {e.strerror}", file=sys.stderr)
+                return 2
         elif opt == "--home" and argv:
             home = argv.pop(0)
         elif opt.startswith("--home="):

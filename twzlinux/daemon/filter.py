@@ -1,7 +1,8 @@
 """The seccomp filter that sends Twizzler system calls to twzd.
 
 Installed by the new process itself (twzlinux.launch) before the program runs; the listener fd
-it returns is handed to twzd, which answers every trapped call. Everything else runs natively.
+it returns is handed to twzd, which answers every trapped call. Linux calls that the policy
+refuses (twzlinux.daemon.policy) fail with EPERM; everything else runs natively.
 """
 
 import ctypes
@@ -10,6 +11,7 @@ import os
 import struct
 
 from twzlinux.abi.syscalls import SYSCALL_BASE, SYSCALL_LIMIT
+from twzlinux.daemon import policy
 
 # <linux/seccomp.h>, <linux/filter.h>, <linux/audit.h>: not exposed by Python's stdlib.
 PR_SET_NO_NEW_PRIVS = 38
@@ -29,38 +31,71 @@ BPF_JEQ_K = 0x15  # BPF_JMP | BPF_JEQ | BPF_K
 BPF_JGE_K = 0x35
 BPF_JSET_K = 0x45
 BPF_RET_K = 0x06
-OFF_NR, OFF_ARCH = 0, 4  # struct seccomp_data
+OFF_NR, OFF_ARCH, OFF_ARG0 = 0, 4, 16  # struct seccomp_data
 
 
 def _insn(code, jt, jf, k):
     return struct.pack("=HBBI", code, jt, jf, k)
 
 
-def program() -> bytes:
-    """The BPF program as struct sock_filter[]."""
-    return b"".join([
-        _insn(BPF_LD_W_ABS, 0, 0, OFF_ARCH),
+def _assemble(lines) -> bytes:
+    """Instructions (code, jt, jf, k) with jump targets given as label names; a label is a str
+    item standing before the instruction it names."""
+    labels, insns = {}, []
+    for item in lines:
+        if isinstance(item, str):
+            labels[item] = len(insns)
+        else:
+            insns.append(item)
+
+    def rel(target, at):
+        return target if isinstance(target, int) else labels[target] - at - 1
+
+    return b"".join(_insn(code, rel(jt, i), rel(jf, i), k)
+                    for i, (code, jt, jf, k) in enumerate(insns))
+
+
+def program(trace: bool = False) -> bytes:
+    """The BPF program as struct sock_filter[].
+
+    Refused Linux calls (twzlinux.daemon.policy) fail with EPERM in the kernel; with `trace`
+    they go to twzd instead, which answers EPERM and writes the trace line.
+    """
+    refuse = SECCOMP_RET_USER_NOTIF if trace else SECCOMP_RET_ERRNO | policy.REFUSAL_ERRNO
+    return _assemble([
+        (BPF_LD_W_ABS, 0, 0, OFF_ARCH),
         # Another architecture's numbers mean other calls; a process switching ABI is hostile.
-        _insn(BPF_JEQ_K, 1, 0, AUDIT_ARCH_X86_64),
-        _insn(BPF_RET_K, 0, 0, SECCOMP_RET_KILL_PROCESS),
-        _insn(BPF_LD_W_ABS, 0, 0, OFF_NR),
+        (BPF_JEQ_K, 1, 0, AUDIT_ARCH_X86_64),
+        (BPF_RET_K, 0, 0, SECCOMP_RET_KILL_PROCESS),
+        (BPF_LD_W_ABS, 0, 0, OFF_NR),
         # x32 numbers alias ours with the bit set; without this check they would bypass twzd.
-        _insn(BPF_JSET_K, 0, 1, X32_SYSCALL_BIT),
-        _insn(BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | errno.ENOSYS),
-        _insn(BPF_JGE_K, 0, 2, SYSCALL_BASE),
-        _insn(BPF_JGE_K, 1, 0, SYSCALL_LIMIT),
-        _insn(BPF_RET_K, 0, 0, SECCOMP_RET_USER_NOTIF),
-        _insn(BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW),
+        (BPF_JSET_K, 0, 1, X32_SYSCALL_BIT),
+        (BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | errno.ENOSYS),
+        (BPF_JGE_K, "twizzler", 0, SYSCALL_BASE),
+        *[(BPF_JEQ_K, "refuse", 0, nr) for nr in sorted(policy.REFUSED)],
+        (BPF_JEQ_K, "clone", 0, policy.NR_CLONE),
+        (BPF_JEQ_K, 0, "allow", policy.NR_CLONE3),
+        (BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | errno.ENOSYS),
+        "clone",
+        (BPF_LD_W_ABS, 0, 0, OFF_ARG0),  # the low half of the flags: every CLONE_NEW* is there
+        (BPF_JSET_K, "refuse", "allow", policy.CLONE_NAMESPACE_FLAGS),
+        "twizzler",
+        (BPF_JGE_K, "allow", 0, SYSCALL_LIMIT),
+        (BPF_RET_K, 0, 0, SECCOMP_RET_USER_NOTIF),
+        "refuse",
+        (BPF_RET_K, 0, 0, refuse),
+        "allow",
+        (BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW),
     ])
 
 
-def install() -> int:
+def install(trace: bool = False) -> int:
     """Install the filter on the calling thread; return the user-notification listener fd.
 
     Call it while the process has one thread: threads created later inherit the filter.
     """
     libc = ctypes.CDLL(None, use_errno=True)
-    code = program()
+    code = program(trace)
     buf = ctypes.create_string_buffer(code, len(code))
 
     class SockFprog(ctypes.Structure):

@@ -13,6 +13,8 @@ import os
 import select
 import struct
 
+from twzlinux.abi.syscalls import SYSCALL_BASE
+from twzlinux.daemon import policy
 from twzlinux.daemon.procmem import ProcMemory
 from twzlinux.daemon.trace import format_call
 from twzlinux.kernel.core import FdResult, SyscallError
@@ -40,7 +42,7 @@ SECCOMP_ADDFD_FLAG_SEND = 2
 class Listener:
     """Serves one process's listener on `loop` until the process (and its descendants) are gone.
 
-    `proc` is the kernel's Process record; `trace`, if given, receives a line per call.
+    `proc` is the kernel's Process record; `trace`, if given, is called (tid, line) per call.
     """
 
     def __init__(self, loop, fd: int, kernel, proc, trace=None):
@@ -114,13 +116,15 @@ class Listener:
         if isinstance(result, FdResult):
             installed = self._answer_fd(notif_id, result.fd)
             if self.trace:  # after: the caller's fd number exists only once installed
-                self.trace(format_call(tid, nr, regs, installed))
+                self.trace(tid, format_call(tid, nr, regs, installed))
         else:
             if self.trace:  # before: the line then precedes anything the caller writes next
-                self.trace(format_call(tid, nr, regs, result))
+                self.trace(tid, format_call(tid, nr, regs, result))
             self._answer(notif_id, result)
 
     def _call(self, tid, nr, regs, mem):
+        if nr < SYSCALL_BASE:
+            return -policy.REFUSAL_ERRNO  # a refused Linux call, sent here only under --trace
         if self.exited:
             # A descendant outlived the process whose record the call would act on.
             log.info("pid %s exited; its descendant %s made syscall %#x: ESRCH",

@@ -23,6 +23,7 @@ import uvloop
 
 from twzlinux.daemon import protocol
 from twzlinux.daemon.seccomp import Listener
+from twzlinux.daemon.trace import TraceDir
 from twzlinux.kernel.core import Kernel
 
 log = logging.getLogger("twzd")
@@ -48,7 +49,10 @@ class Program:
 
     def __init__(self, daemon, conn, proc, popen, argv, trace, stdio, launch_sock):
         self.daemon, self.conn, self.proc, self.popen = daemon, conn, proc, popen
-        self.argv, self.trace = argv, trace
+        self.argv = argv
+        # trace: False, True (to stderr) or a directory for one file per thread
+        self.trace = trace
+        self.trace_dir = TraceDir(trace) if isinstance(trace, str) else None
         self.stdio = stdio  # the client's fds 0,1,2, kept for the kernel console
         self.pid = popen.pid
         self.listener = None
@@ -101,6 +105,8 @@ class Program:
         os.close(self.pidfd)
         self.pidfd = None
         self._close_launch()
+        if self.trace_dir is not None:
+            self.trace_dir.close()
         status = exit_status(returncode)
         log.info("pid %d exited with status %d: %s", self.pid, status, self.argv)
         if self.listener is not None:
@@ -135,8 +141,11 @@ class Program:
         except OSError as e:
             log.info("pid %d: kernel output to stderr failed: %s", self.pid, e.strerror)
 
-    def _write_trace(self, line: str) -> None:
-        self.write_stderr(line.encode()[:select.PIPE_BUF])
+    def _write_trace(self, tid: int, line: str) -> None:
+        if self.trace_dir is not None:
+            self.trace_dir.write(tid, line)
+        else:
+            self.write_stderr(line.encode()[:select.PIPE_BUF])
 
 
 class Connection:
@@ -275,8 +284,10 @@ class Daemon:
             raise RequestError(f"spawn: 'python' must be an executable's absolute path, not "
                                f"{python!r}")
         trace = msg.get("trace", False)
-        if not isinstance(trace, bool):
-            raise RequestError("spawn: 'trace' must be true or false")
+        if not isinstance(trace, bool) and not (isinstance(trace, str) and os.path.isabs(trace)
+                                                and os.path.isdir(trace)):
+            raise RequestError("spawn: 'trace' must be true, false or an existing directory's "
+                               "absolute path")
         if len(fds) != 3:
             raise RequestError(f"spawn: expected 3 fds (stdin, stdout, stderr), got {len(fds)}")
         if any("\0" in s for s in [program, cwd, *args, *env, *env.values()]):
@@ -290,6 +301,7 @@ class Daemon:
             proc = self.kernel.new_process()
             child_env = {**env, **proc.env(), "TWZ_HOME": str(self.home),
                          "TWZ_LAUNCH_FD": str(theirs.fileno()),
+                         "TWZ_TRACE": "1" if trace else "",
                          "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT),
                                                                      env.get("PYTHONPATH")]))}
             try:
