@@ -22,6 +22,7 @@ from twzlinux.abi import constants as c
 
 from . import runtime as rt
 from .errors import TwzError, syscall_error
+from .plock import PidLock
 
 HEADER = 0x2000
 HEAP_START = 0x3000
@@ -80,13 +81,9 @@ class Allocator:
                 rt.store64(ext + 8, HEADER)
                 return
 
-    def _lock(self):
-        lock = self.base + HEADER + _LOCK
-        while rt.cas64(lock, 0, 1) != 0:
-            os.sched_yield()
-
-    def _unlock(self):
-        rt.store64(self.base + HEADER + _LOCK, 0)
+    def _locked(self) -> PidLock:
+        # A holder killed half way leaves at worst a block that is neither free nor handed out.
+        return PidLock(self.base + HEADER + _LOCK, 1, 1)
 
     def alloc(self, size: int) -> int:
         if size <= 0:
@@ -96,8 +93,7 @@ class Allocator:
             block, head = 16 << cls, HEADER + _FREE + 8 * cls
         else:
             block, head = -(-(size + PREFIX) // c.PAGE_SIZE) * c.PAGE_SIZE - PREFIX, None
-        self._lock()
-        try:
+        with self._locked():
             off = self._pop(head, block)
             if not off:
                 top = self._u64(HEADER + _TOP)
@@ -109,8 +105,6 @@ class Allocator:
                 self._set(off - PREFIX, block)
             self._set(off - PREFIX + 8, STATE_USED)
             return off
-        finally:
-            self._unlock()
 
     def _pop(self, head, block) -> int:
         if head is not None:
@@ -128,8 +122,7 @@ class Allocator:
     def free(self, off: int) -> None:
         if not HEAP_START + PREFIX <= off < c.OBJ_TOPDATA or off % 16:
             raise ValueError(f"{off:#x} was not returned by alloc() in object {self.obj.id}")
-        self._lock()
-        try:
+        with self._locked():
             state = self._u64(off - PREFIX + 8)
             if state != STATE_USED:
                 what = "freed twice" if state == STATE_FREE else "not returned by alloc()"
@@ -140,8 +133,6 @@ class Allocator:
             self._set(off - PREFIX + 8, STATE_FREE)
             self._set(off, self._u64(head))
             self._set(head, off)
-        finally:
-            self._unlock()
 
 
 def allocator(obj) -> Allocator:

@@ -7,7 +7,9 @@ by a zero `dlen`; `metainfo.sz` tracks the used length. The record codec is
 `twzlinux.abi.namespace`, shared with the kernel that builds the root.
 
 Concurrent writers in different processes serialise on a lock bit: bit 31 of the header's
-`flags` word, which Twizzler leaves unused (a personality addition).
+`flags` word, which Twizzler leaves unused, with the holder's pid in bits 0-30 so that a
+writer killed while holding it does not wedge the namespace (a personality addition). A record
+becomes visible only when `sz` covers it, so a writer killed half way leaves nothing readers see.
 """
 
 import errno
@@ -21,9 +23,10 @@ from twzlinux.abi import structs as st
 from . import runtime as rt
 from .errors import syscall_error
 from .ids import ObjID
+from .plock import PidLock
 
 BASE = c.OBJ_NULLPAGE_SIZE
-_LOCK_BIT = 1 << 63  # of the u64 at BASE+8: flags bit 31
+_LOCK_BIT, _PID_SHIFT = 1 << 63, 32  # of the u64 at BASE+8: flags bit 31, pid in bits 0-30
 _ENTRIES = BASE + st.NAMESPACE_HDR.size
 _Q = struct.Struct("<Q")
 
@@ -57,7 +60,7 @@ def _open_ns(oid: int, *, write: bool = False):
 def _entries(ns):
     """Records of a namespace object: (offset from the object base, entry)."""
     used = max(ns.meta.sz, st.NAMESPACE_HDR.size)
-    yield from fmt.iter_entries(ns.view()[BASE:BASE + used + st.NAME_ENT.size])
+    yield from fmt.iter_entries(ns.view()[BASE:BASE + used])
 
 
 def _find(ns, name: str):
@@ -92,19 +95,8 @@ def resolve(path: str) -> int:
     return ObjID(_walk(_components(path))[0])
 
 
-class _Locked:
-    def __init__(self, ns):
-        self.word = ns.address + BASE + 8
-
-    def __enter__(self):
-        while True:
-            old = rt.load64(self.word)
-            if not old & _LOCK_BIT and rt.cas64(self.word, old, old | _LOCK_BIT) == old:
-                return
-            os.sched_yield()
-
-    def __exit__(self, *exc):
-        rt.fetch_and64(self.word, ~_LOCK_BIT & (2**64 - 1))
+def _Locked(ns) -> PidLock:
+    return PidLock(ns.address + BASE + 8, _LOCK_BIT, _PID_SHIFT)
 
 
 def _append(ns, name: str, oid: int, typ: int, target: str | None = None) -> None:
