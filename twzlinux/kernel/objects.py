@@ -16,6 +16,7 @@ from twzlinux.abi import constants as c
 from .errors import SyscallError
 from .ids import compute_id
 from .metainfo import Metainfo
+from .reclaim import file_id, mapped_files
 from .saved import SavedState
 from .store import Backing, Store
 
@@ -58,6 +59,9 @@ def _overlay(read: Callable[[int, int], bytes], off0: int, patch: bytes):
     return patched
 
 
+_PRUNE_EVERY = 256
+
+
 def _zeros(off: int, n: int) -> bytes:
     return bytes(n)
 
@@ -67,6 +71,7 @@ class ObjectTable:
         self.store = store
         self._objs: dict[int, Obj] = {}
         self._mapped_by: dict[Hashable, set[int]] = {}
+        self._until_prune: dict[Hashable, int] = {}  # key -> deletes before its next prune
         self.saved = SavedState(store.dir.parent / "twzd.db")
         self._recover()
 
@@ -174,12 +179,35 @@ class ObjectTable:
         obj.hidden = obj.hidden or immediate
         self._save(obj)
         self._release(obj)
+        for key in list(obj.mappers):
+            left = self._until_prune.get(key, _PRUNE_EVERY) - 1
+            if left > 0:
+                self._until_prune[key] = left
+            else:
+                self._prune(key)
+
+    def _prune(self, key: Hashable) -> None:
+        """Drop `key`'s references to the deleted objects it no longer maps (reclaim.py)."""
+        held = [self._objs[oid] for oid in self._mapped_by.get(key, ())
+                if oid in self._objs and self._objs[oid].deleted]
+        files = mapped_files(key.pid) if getattr(key, "pid", None) else None
+        kept = len(held)
+        if files is not None:
+            for obj in held:
+                if file_id(obj.backing.fd) not in files:
+                    kept -= 1
+                    obj.mappers.discard(key)
+                    self._mapped_by[key].discard(obj.id)
+                    self._release(obj)
+        # A process that keeps what it maps makes prunes rarer: O(1) a delete, amortised.
+        self._until_prune[key] = _PRUNE_EVERY + kept
 
     def map(self, obj: Obj, key: Hashable) -> None:
         obj.mappers.add(key)
         self._mapped_by.setdefault(key, set()).add(obj.id)
 
     def unmap_all(self, key: Hashable) -> None:
+        self._until_prune.pop(key, None)
         for oid in self._mapped_by.pop(key, ()):
             obj = self._objs.get(oid)
             if obj is not None:
