@@ -214,3 +214,30 @@ def test_kill_writer_and_twzd_at_random_points(tmp_path):
     assert ledger.committed > len(plan) // 4, "the writers hardly ran between kills"
     print(f"{sum(kills.values())} kills in {time.monotonic() - t0:.1f} s; "
           f"{ledger.committed} commits, {len(ledger.named)} names")
+
+
+HOLDER = """
+import os, sys, time, libtwz
+from libtwz import names
+ns = names._open_ns(names.root_id(), write=True)
+lock = names._Locked(ns)
+lock.__enter__()
+print(os.getpid(), flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_namespace_lock_held_by_a_killed_program_is_taken_over(twzrun, daemon, tmp_path):
+    prog = tmp_path / "holder.py"
+    prog.write_text(HOLDER)
+    holder = subprocess.Popen([sys.executable, "-m", "twzlinux.cli.twzrun", str(prog)],
+                              env=twz_env(daemon), stdout=subprocess.PIPE, text=True)
+    pid = int(holder.stdout.readline())
+    os.kill(pid, signal.SIGKILL)
+    holder.wait(10)
+    r = twzrun("""
+import libtwz, uuid
+o = libtwz.Object.create(persist=True, name=f"/after-kill-{uuid.uuid4().hex}")
+print("named")
+""", timeout=20)
+    assert r.returncode == 0 and r.stdout.strip() == "named", r.stderr
