@@ -1,0 +1,67 @@
+"""examples/kv.py, Twizzler's kvdr: correct, persistent, and whole after kill -9 of its writer."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from conftest import twz_env
+
+KV = Path(__file__).resolve().parent.parent / "examples" / "kv.py"
+
+
+def test_put_get_fill_check(twzrun):
+    name = f"/kv/{uuid.uuid4().hex}"
+    fill = twzrun(KV, name, "fill", 20000, 7)
+    assert fill.returncode == 0, fill.stderr
+    check = twzrun(KV, name, "check", 20000, 7)
+    assert check.returncode == 0 and check.stdout.strip() == "20000 of 20000 present, 20000 " \
+                                                               "records", check.stdout
+    assert twzrun(KV, name, "put", 5, 50).returncode == 0
+    assert twzrun(KV, name, "put", 5, 51).returncode == 0      # an update, in place
+    got = twzrun(KV, name, "get", 5)
+    assert got.stdout.strip() == "51"
+    assert twzrun(KV, name, "get", 6).stdout.strip() == "absent"
+    assert twzrun(KV, name, "check", 20000, 7).stdout.split(",")[1].strip() == "20001 records"
+
+
+def test_every_acknowledged_put_survives_kill_9(daemon, twzrun, tmp_path):
+    rng = random.Random()
+    name = f"/kv/{uuid.uuid4().hex}"
+    prog = tmp_path / "writer.py"
+    prog.write_text(f"""
+import os, sys
+sys.path.insert(0, {str(KV.parent)!r})
+print(os.getpid(), flush=True)
+import kv
+sys.exit(kv.main(sys.argv[1:]))
+""")
+    acked = set()
+    for seed in range(1, 11):
+        w = subprocess.Popen([sys.executable, "-m", "twzlinux.cli.twzrun", str(prog), name,
+                              "fill", "100000", str(seed), "--ack"], env=twz_env(daemon),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        pid = int(w.stdout.readline())
+        time.sleep(rng.uniform(0.05, 0.3))
+        os.kill(pid, signal.SIGKILL)
+        out, _ = w.communicate(timeout=20)
+        acked.update(int(k) for k in out.split("\n")[:-1])
+    assert len(acked) > 1000, "the writers hardly ran"
+    keys = tmp_path / "keys"
+    keys.write_text("\n".join(map(str, acked)))
+    check = twzrun(f"""
+import sys
+sys.path.insert(0, {str(KV.parent)!r})
+import kv
+store = kv.KV.open({name!r})
+missing = [k for k in map(int, open({str(keys)!r}).read().split()) if store.get(k) != k ^ 0x5555]
+print(len(missing), len(store))
+""")
+    assert check.returncode == 0, check.stderr
+    missing, records = map(int, check.stdout.split())
+    assert missing == 0
+    assert records >= len(acked)
