@@ -9,6 +9,7 @@ from twzlinux.abi import constants as c
 from twzlinux.abi import structs as st
 from twzlinux.abi.slots import slot_address
 
+from . import fault as _faults
 from . import runtime as rt
 from . import sys as tsys
 from .errors import TwzError, make_fault, syscall_error
@@ -201,7 +202,8 @@ class Object:
             return (self, ptr) if ptr else None
         target = self._fot_cache.get(ptr >> 30)
         if target is None:
-            target = self._fot_cache[ptr >> 30] = self._resolve(ptr >> 30, ptr)
+            # FAULT_PPTR goes to its handler; one that returns (a fixed FOT) gets a retry
+            target = self._fot_cache[ptr >> 30] = _faults.retrying(self._resolve, ptr >> 30, ptr)
         return target, ptr & _LOCAL_MASK
 
     def _resolve(self, idx: int, ptr: int) -> "Object":

@@ -1,10 +1,11 @@
 """The bridge to the native runtime (twzlinux._twzrt): start-up, guarded memory access, atomics,
 and the delivery of faults taken by raw accesses.
 
-A fault inside a guarded call (`read`, `write`) comes back as a record and is raised at once. A
-fault taken by a raw access through a memoryview cannot unwind CPython's C code, so the runtime
-completes the access on a scratch page and trips `FAULT_SIGNUM`; the handler below restores the
-slot and raises the fault at the next point where Python checks for signals.
+A fault inside a guarded call (`read`, `write`, `call`) comes back as a record and is raised
+at once (or handled and retried, libtwz/fault.py). A fault taken by a raw access through a
+memoryview cannot unwind CPython's C code, so the runtime completes the access on a scratch page
+and signals `FAULT_SIGNUM` to the main thread; the handler below restores the slot and delivers
+the fault there or to the thread that took it.
 """
 
 import os
@@ -12,41 +13,50 @@ import signal
 
 from twzlinux._twzrt import ffi, lib
 
-from .errors import TwzError, make_fault, syscall_error
+from . import fault as _fault
+from .errors import TwzError, syscall_error
 from .ids import ObjID
 
 FAULT_SIGNUM = signal.SIGRTMIN + 6
 
-_record = ffi.new("struct twz_fault_record *")
-
-
-def _raise_record(rec) -> None:
-    raise make_fault(rec.fault, addr=rec.addr, ip=rec.ip,
-                     objid=(rec.objid_hi << 64) | rec.objid_lo, slot=rec.slot, flags=rec.flags)
-
-
 def _on_fault_signal(signum, frame):
-    rec = ffi.new("struct twz_fault_record *")
-    first = None
-    while lib.twz_rt_take_pending(rec):
-        if first is None:
-            first = ffi.new("struct twz_fault_record *", rec[0])
-    if first is not None:
-        _raise_record(first)
+    _fault.deliver_queued(lib.twz_rt_take_pending)
+
+
+def _copy(dst, src, n) -> None:
+    rec = ffi.new("struct twz_fault_record *")  # per call: threads fault concurrently
+    if lib.twz_rt_copy(dst, src, n, rec) != 0:
+        raise _fault.from_record(rec)
 
 
 def read(addr: int, n: int) -> bytes:
     """Copy n bytes out of object memory, raising the fault precisely if the access faults."""
     buf = ffi.new("char[]", n)
-    if lib.twz_rt_copy(buf, ffi.cast("void *", addr), n, _record) != 0:
-        _raise_record(_record)
+    if lib.twz_rt_copy(buf, ffi.cast("void *", addr), n, ffi.NULL) != 0:
+        _fault.retrying(_copy, buf, ffi.cast("void *", addr), n)
     return ffi.unpack(buf, n)
 
 
 def write(addr: int, data: bytes) -> None:
     """Copy bytes into object memory, raising the fault precisely if the access faults."""
-    if lib.twz_rt_copy(ffi.cast("void *", addr), ffi.from_buffer(data), len(data), _record) != 0:
-        _raise_record(_record)
+    src = ffi.from_buffer(data)
+    if lib.twz_rt_copy(ffi.cast("void *", addr), src, len(data), ffi.NULL) != 0:
+        _fault.retrying(_copy, ffi.cast("void *", addr), src, len(data))
+
+
+def _call_once(fn, arg: int) -> int:
+    ret = ffi.new("long *")
+    rec = ffi.new("struct twz_fault_record *")
+    if lib.twz_rt_call(fn, arg, ret, rec) != 0:
+        raise _fault.from_record(rec)
+    return ret[0]
+
+
+def call(addr: int, arg: int = 0) -> int:
+    """Call the machine code at `addr` as `long fn(long arg)`, its faults (FAULT_EXCEPTION,
+    FAULT_OBJECT, ...) raised here. The call is abandoned at a fault: code that takes locks
+    must not fault."""
+    return _fault.retrying(_call_once, ffi.cast("long (*)(long)", addr), arg)
 
 
 def buffer(addr: int, size: int):
@@ -110,6 +120,7 @@ def init_from_env() -> bool:
         raise syscall_error(-r, f"cannot set up the Twizzler address space (view {view})")
     signal.signal(FAULT_SIGNUM, _on_fault_signal)
     lib.twz_rt_set_fault_signal(FAULT_SIGNUM)
+    _fault.install()
     _initialised = True
     return True
 

@@ -65,7 +65,8 @@ def test_extension_exposes_the_runtime():
                "twz_rt_cas64", "twz_rt_fetch_add64", "twz_rt_fetch_or64", "twz_rt_fetch_and64",
                "twz_rt_load64", "twz_rt_store64"):
         assert callable(getattr(lib, fn)), fn
-    assert ffi.sizeof("struct twz_fault_record") == 48
+    assert callable(lib.twz_rt_call)
+    assert ffi.sizeof("struct twz_fault_record") == 88  # + data[4] and tid (twz/fault.h)
     # Not under twzd: the personality's syscall numbers are unknown to Linux.
     assert lib.twz_syscall6(0x1000, 0, 0, 0, 0, 0, 0) == -38
 

@@ -144,6 +144,10 @@ FAULT_PPTR_RESOLVE = 2
 FAULT_PPTR_RESOURCES = 3
 FAULT_PPTR_DERIVE = 4
 
+# personality: the real-time signal twzd queues (rt_tgsigqueueinfo, SI_QUEUE) to deliver a
+# FAULT_SIGNAL, its four longs in the siginfo's 32 bytes of fields; SIGRTMIN (34) + 7
+TWZ_SIGNAL_SIGNUM = 41
+
 # --- namespaces (§4.8) ---------------------------------------------------------------------
 NAMESPACE_MAGIC = 0xA13A1300BBBBCCCC
 NAME_ENT_VALID = 1

@@ -51,11 +51,22 @@ KERNEL_OSTAT = struct.Struct("<QIIIII4x")  # flags, cache_mode, kso_type, nr_sle
 KERNEL_OSTAT_PAGE = struct.Struct("<QQII")  # pgnr, flags, cowcount, level
 SYS_THREAD_SYNC_ARGS = struct.Struct("<QQQQII")  # addr, arg, res, resv, op, flags
 TIMESPEC = struct.Struct("<QQ")
+# fault-info structures (§3.5), what a fault handler receives
+FAULT_OBJECT_INFO = struct.Struct("<16sQQQQ")  # objid, ip, addr, flags, pad
+FAULT_NULL_INFO = struct.Struct("<QQ")  # ip, addr
+FAULT_EXCEPTION_INFO = struct.Struct("<QQQ")  # ip, code (x86 vector), arg0 (error code / MXCSR)
+FAULT_SCTX_INFO = struct.Struct("<16sQQIIQ")  # target, ip, addr, pneed, pad, pad64
+FAULT_FAULT_INFO = struct.Struct("<IIII")  # fault_nr, info, len, resv; then the wrapped info
+FAULT_PAGE_INFO = struct.Struct("<16sQQQQ")  # objid, vaddr, pgnr, info, ip
+FAULT_PPTR_INFO = struct.Struct("<16sQQIIQQQ")  # objid, fote, ip, info, retval, flags, name, ptr
+FAULT_SIGNAL_INFO = struct.Struct("<32s")  # long args[4] of the SIGNAL call (OLD Twizzler)
 
 for _s, _n in ((METAINFO, 64), (METAEXT, 16), (FOTENTRY, 32), (VIEWENTRY, 32), (KSO_HDR, 1040),
                (KSO_ATTACHMENT, 32), (NAMESPACE_HDR, 16), (NAME_ENT, 32), (SYS_INVALIDATE_OP, 32),
                (KERNEL_OSTAT, 32), (KERNEL_OSTAT_PAGE, 24), (SYS_THREAD_SYNC_ARGS, 40),
-               (TIMESPEC, 16)):
+               (TIMESPEC, 16), (FAULT_OBJECT_INFO, 48), (FAULT_NULL_INFO, 16),
+               (FAULT_EXCEPTION_INFO, 24), (FAULT_SCTX_INFO, 48), (FAULT_FAULT_INFO, 16),
+               (FAULT_PAGE_INFO, 48), (FAULT_PPTR_INFO, 64), (FAULT_SIGNAL_INFO, 32)):
     assert _s.size == _n, (_s.format, _s.size, _n)
 
 

@@ -22,6 +22,7 @@ import time
 import uvloop
 
 from twzlinux.daemon import protocol
+from twzlinux.daemon.control import Control
 from twzlinux.daemon.seccomp import Listener
 from twzlinux.daemon.trace import TraceDir
 from twzlinux.kernel.core import Kernel
@@ -373,6 +374,7 @@ class Daemon:
         _raise_map_count()
         self.loop = uvloop.new_event_loop()
         self.kernel = Kernel(self.home, self._console)
+        self.kernel.control = Control(self)
         if self.sock_path.exists() or self.sock_path.is_symlink():
             self.sock_path.unlink()  # left by a daemon that died; the lock proves it is gone
         self.sock = protocol.new_socket()

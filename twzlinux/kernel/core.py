@@ -13,7 +13,7 @@ from twzlinux.abi.namespace import namespace_bytes
 from twzlinux.abi.structs import id_str
 from twzlinux.abi.syscalls import join_args, lookup_linux_nr
 
-from . import kso
+from . import control, kso  # control: SIGNAL, which needs Kernel.control
 from .errors import FdResult, MemoryAccess, SyscallError
 from .objects import ObjectTable
 from .store import Store
@@ -65,6 +65,8 @@ class Kernel:
                                         fixed_id=c.KSO_ROOT_ID, kernel=True)
         kso.set_name(self.root, "root")
         self.root_namespace = self._root_namespace()
+        # the daemon's adapter for acting on Linux threads (twzlinux.daemon.control)
+        self.control = None
 
     def _root_namespace(self) -> int:
         """The persistent root namespace, created on first start and found again after."""

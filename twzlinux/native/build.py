@@ -16,6 +16,8 @@ struct twz_fault_record {
     int fault;
     uint32_t flags;
     uint64_t addr, ip, slot, objid_lo, objid_hi;
+    uint64_t data[4];
+    long tid;
 };
 
 long twz_syscall6(long nr, long a1, long a2, long a3, long a4, long a5, long a6);
@@ -24,6 +26,7 @@ int twz_rt_reserve_window(void);
 int twz_rt_init(uint64_t view_lo, uint64_t view_hi);
 int twz_rt_init_fd(int fd, uint64_t view_lo, uint64_t view_hi);
 int twz_rt_copy(void *dst, const void *src, size_t n, struct twz_fault_record *f);
+int twz_rt_call(long (*fn)(long), long arg, long *ret, struct twz_fault_record *f);
 void twz_rt_set_fault_signal(int signum);
 int twz_rt_take_pending(struct twz_fault_record *f);
 

@@ -16,13 +16,15 @@
  *     from CPython are queued and signalled instead of killing the process.
  *
  * A fault is delivered, in order of preference:
- *   1. to a guarded call on the faulting thread (twz_rt_copy): it returns -1 with the record;
+ *   1. to a guarded call on the faulting thread (twz_rt_copy, twz_rt_call): it returns -1 with
+ *      the record;
  *   2. (Python only, once twz_rt_set_fault_signal was called) by completing the access on a
- *      private scratch page, queueing the record for twz_rt_take_pending and tripping the Python
- *      signal handler with PyErr_SetInterruptEx;
- *   3. otherwise by printing one line to stderr and exiting with TWZ_FAULT_EXIT_BASE + fault.
- * Faults outside the window go to whatever handler was installed before (or kill the process as
- * usual).
+ *      private scratch page, queueing the record for twz_rt_take_pending and signalling the
+ *      main thread, where the Python signal handler runs;
+ *   3. (native only) to the view's fault handler, as Twizzler's kernel calls it (twz/fault.h);
+ *   4. otherwise by printing one line to stderr and exiting with TWZ_FAULT_EXIT_BASE + fault.
+ * Memory faults outside the window go to whatever handler was installed before (or kill the
+ * process as usual); SIGFPE, SIGILL and SIGTRAP are FAULT_EXCEPTION anywhere.
  *
  * Threads: the slot state, the pending queue and the view lock are safe to use from any thread.
  * twz_rt_init and twz_rt_reserve_window should run before the process starts threads (only the
@@ -45,11 +47,15 @@
 
 /* One Twizzler fault. `flags` always carries the access (FAULT_OBJECT_READ/WRITE/EXEC) and, for
  * FAULT_OBJECT, the reason (NOMAP, EXIST, UNKNOWN). The object is the one the view names for
- * the slot (0 if none). */
+ * the slot (0 if none). `data`: FAULT_EXCEPTION {x86 vector, error code or MXCSR},
+ * FAULT_PAGE {page number in the object}, FAULT_SIGNAL {the four longs}. `tid`: the Linux
+ * thread that took it (set for faults queued for Python). */
 struct twz_fault_record {
 	int fault;
 	uint32_t flags;
 	uint64_t addr, ip, slot, objid_lo, objid_hi;
+	uint64_t data[4];
+	long tid;
 };
 
 /* Reserve the slot window and take over SIGSEGV/SIGBUS for it. Idempotent; 0 or -errno. */
@@ -61,8 +67,10 @@ int twz_rt_init_fd(int fd, uint64_t view_lo, uint64_t view_hi);
 
 /* Guarded copy: 0, or -1 with *f describing the fault (f may be NULL). */
 int twz_rt_copy(void *dst, const void *src, size_t n, struct twz_fault_record *f);
+/* Guarded call of fn(arg): 0 with *ret, or -1 with *f (twz/fault.h). */
+int twz_rt_call(long (*fn)(long), long arg, long *ret, struct twz_fault_record *f);
 
-/* Python: raise `signum` (through PyErr_SetInterruptEx) for faults outside guarded calls. */
+/* Python: signal the main thread with `signum` for faults outside guarded calls. */
 void twz_rt_set_fault_signal(int signum);
 /* Pop the oldest queued fault into *f and put its slot back as it was before the scratch page
  * (the whole slot reserved again and remapped on the next touch). 1 if one was taken, else 0. */
@@ -83,6 +91,8 @@ uint64_t twz_rt_cas64(uint64_t *p, uint64_t expected, uint64_t desired);
 uint64_t twz_rt_fetch_add64(uint64_t *p, uint64_t v);
 uint64_t twz_rt_fetch_or64(uint64_t *p, uint64_t v);
 uint64_t twz_rt_fetch_and64(uint64_t *p, uint64_t v);
+
+#include <twz/fault.h> /* fault-info structures, twz_fault_set, the view's fault handlers */
 
 #ifdef TWZ_RT_IMPLEMENTATION
 
@@ -121,7 +131,7 @@ static struct {
 	int view_mapped;
 	objid_t view_id;
 	int fault_signal;
-	struct sigaction old_segv, old_bus;
+	struct sigaction old_segv, old_bus, old_fpe, old_ill, old_trap, old_signal;
 	uint8_t slot_state[WINDOW_SLOTS];
 } twz_rt;
 
@@ -358,6 +368,9 @@ static void twz_rt_die(const struct twz_fault_record *f)
 	_exit(TWZ_FAULT_EXIT_BASE + f->fault);
 }
 
+#define TWZ_FAULT_IMPLEMENTATION
+#include <twz/fault.h> /* FAULT_EXCEPTION, FAULT_SIGNAL, the upcall into the view's handler */
+
 #ifdef TWZ_RT_PYTHON
 /* Faults taken by CPython's own C code (a memoryview over an object, say) cannot be unwound, so
  * the access completes on a scratch page and the fault waits here for the Python signal handler.
@@ -377,24 +390,32 @@ static int twz_rt_defer(const struct twz_fault_record *f)
 	int null = (f->addr & (OBJ_MAXSIZE - 1)) < OBJ_NULLPAGE_SIZE;
 	/* A scratch page cannot stand in for instructions, nor for a page of the view itself (the
 	 * handler reads the view, and only twzd could give its mapping back). */
-	if(!sig || (f->flags & FAULT_OBJECT_EXEC) || (f->slot == SLOT_CVIEW && !null))
-		return 0;
+	if(!sig || (f->flags & FAULT_OBJECT_EXEC) || (f->slot == SLOT_CVIEW && !null)
+	   || f->fault == FAULT_EXCEPTION)
+		return 0; /* an exception cannot be completed either: the instruction would repeat */
+	int memory = f->fault != FAULT_SIGNAL; /* FAULT_SIGNAL interrupted nothing to complete */
 	for(int i = 0; i < TWZ_RT_PENDING_MAX; i++) {
 		uint32_t expect = TWZ_RT_PEND_FREE;
 		if(!__atomic_compare_exchange_n(&twz_rt_pending[i].state, &expect, TWZ_RT_PEND_BUSY, 0,
 		     __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
 			continue;
 		void *page = (void *)(uintptr_t)(f->addr & ~(uint64_t)(PAGE_SIZE - 1));
-		if(mmap(page, PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1,
-		     0)
-		   == MAP_FAILED) {
+		if(memory
+		   && mmap(page, PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
+		        -1, 0)
+		        == MAP_FAILED) {
 			__atomic_store_n(&twz_rt_pending[i].state, TWZ_RT_PEND_FREE, __ATOMIC_RELEASE);
 			return 0;
 		}
 		twz_rt_pending[i].rec = *f;
+		twz_rt_pending[i].rec.tid = (long)syscall(SYS_gettid);
 		twz_rt_pending[i].seq = __atomic_fetch_add(&twz_rt_pending_seq, 1, __ATOMIC_RELAXED);
 		__atomic_store_n(&twz_rt_pending[i].state, TWZ_RT_PEND_READY, __ATOMIC_RELEASE);
-		PyErr_SetInterruptEx(sig);
+		/* Python runs signal handlers in the main thread only, whichever thread faulted: a real
+		 * signal to it (not PyErr_SetInterruptEx, which only sets a flag) also interrupts a
+		 * main thread blocked in join() or a lock. libtwz's handler then raises the fault
+		 * there, or hands it to the faulting thread (libtwz/fault.py). */
+		syscall(SYS_tgkill, getpid(), getpid(), sig);
 		return 1;
 	}
 	return 0; /* queue full: faults are not being taken; dying loudly beats losing one */
@@ -411,7 +432,9 @@ int twz_rt_take_pending(struct twz_fault_record *f)
 	if(oldest < 0)
 		return 0;
 	*f = twz_rt_pending[oldest].rec;
-	if((f->addr & (OBJ_MAXSIZE - 1)) < OBJ_NULLPAGE_SIZE) {
+	if(f->fault == FAULT_SIGNAL) {
+		/* no scratch page to take back */
+	} else if((f->addr & (OBJ_MAXSIZE - 1)) < OBJ_NULLPAGE_SIZE) {
 		/* The null page is never mapped, so only the scratch page goes. */
 		void *page = (void *)(uintptr_t)(f->addr & ~(uint64_t)(PAGE_SIZE - 1));
 		mmap(page, PAGE_SIZE, PROT_NONE, TWZ_RT_RESERVE_FLAGS | MAP_FIXED, -1, 0);
@@ -434,10 +457,10 @@ void twz_rt_set_fault_signal(int signum)
 	__atomic_store_n(&twz_rt.fault_signal, signum, __ATOMIC_RELEASE);
 }
 
-static void twz_rt_deliver(const struct twz_fault_record *f, const ucontext_t *uc)
+static void twz_rt_deliver(const struct twz_fault_record *f, ucontext_t *uc)
 {
 	struct twz_rt_guard *g = twz_rt_guard_current;
-	if(g) {
+	if(g && f->fault != FAULT_SIGNAL) { /* a signal is no fault of the guarded code */
 		*g->record = *f;
 		/* The guard's sigsetjmp saved no mask (that would cost a syscall per copy); unblock what
 		 * the kernel blocked for this handler by restoring the interrupted mask. */
@@ -447,6 +470,9 @@ static void twz_rt_deliver(const struct twz_fault_record *f, const ucontext_t *u
 #ifdef TWZ_RT_PYTHON
 	if(twz_rt_defer(f))
 		return;
+#else
+	if(twz_rt_upcall(f, uc))
+		return;
 #endif
 	twz_rt_die(f);
 }
@@ -454,7 +480,12 @@ static void twz_rt_deliver(const struct twz_fault_record *f, const ucontext_t *u
 /* Not ours: hand it to whoever had the signal before, as if we were not there. */
 static void twz_rt_chain(int sig, siginfo_t *si, void *ctx)
 {
-	const struct sigaction *old = sig == SIGBUS ? &twz_rt.old_bus : &twz_rt.old_segv;
+	const struct sigaction *old = sig == SIGBUS ? &twz_rt.old_bus
+	                              : sig == SIGFPE ? &twz_rt.old_fpe
+	                              : sig == SIGILL ? &twz_rt.old_ill
+	                              : sig == SIGTRAP ? &twz_rt.old_trap
+	                              : sig == TWZ_SIGNAL_SIGNUM ? &twz_rt.old_signal
+	                                                         : &twz_rt.old_segv;
 	if(old->sa_flags & SA_SIGINFO) {
 		old->sa_sigaction(sig, si, ctx);
 		return;
@@ -476,6 +507,12 @@ static void twz_rt_on_fault(int sig, siginfo_t *si, void *ctx)
 {
 	ucontext_t *uc = ctx;
 	uint64_t addr = (uint64_t)(uintptr_t)si->si_addr;
+	if(sig != SIGSEGV && sig != SIGBUS) {
+		int saved_errno = errno;
+		twz_rt_on_trap(sig, si, uc);
+		errno = saved_errno;
+		return;
+	}
 	/* si_code <= 0: sent by kill(2) and friends, si_addr is meaningless. */
 	if(si->si_code <= 0 || !twz_rt_in_window(addr >> TWZ_RT_SLOT_SHIFT)) {
 		twz_rt_chain(sig, si, ctx);
@@ -495,6 +532,7 @@ static void twz_rt_on_fault(int sig, siginfo_t *si, void *ctx)
 		twz_rt_ve_read(f.slot, &id, &vflags);
 		f.fault = FAULT_PAGE;
 		f.flags = access;
+		f.data[0] = (addr & (OBJ_MAXSIZE - 1)) / PAGE_SIZE;
 		f.objid_lo = ID_LO(id);
 		f.objid_hi = ID_HI(id);
 		twz_rt_deliver(&f, uc);
@@ -536,7 +574,10 @@ static int twz_rt_install_handlers(void)
 	sa.sa_sigaction = twz_rt_on_fault;
 	sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
 	sigemptyset(&sa.sa_mask);
-	if(sigaction(SIGSEGV, &sa, &twz_rt.old_segv) < 0 || sigaction(SIGBUS, &sa, &twz_rt.old_bus) < 0)
+	if(sigaction(SIGSEGV, &sa, &twz_rt.old_segv) < 0 || sigaction(SIGBUS, &sa, &twz_rt.old_bus) < 0
+	   || sigaction(SIGFPE, &sa, &twz_rt.old_fpe) < 0 || sigaction(SIGILL, &sa, &twz_rt.old_ill) < 0
+	   || sigaction(SIGTRAP, &sa, &twz_rt.old_trap) < 0
+	   || sigaction(TWZ_SIGNAL_SIGNUM, &sa, &twz_rt.old_signal) < 0)
 		return -errno;
 	return 0;
 }

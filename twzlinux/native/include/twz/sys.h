@@ -137,6 +137,7 @@ __extension__ typedef unsigned __int128 objid_t;
 #define FAULT_PPTR_RESOLVE 2
 #define FAULT_PPTR_RESOURCES 3
 #define FAULT_PPTR_DERIVE 4
+#define TWZ_SIGNAL_SIGNUM 0x29
 #define NAMESPACE_MAGIC 0xA13A1300BBBBCCCCULL
 #define NAME_ENT_VALID 1
 #define NAME_ENT_REGULAR 0
@@ -374,6 +375,106 @@ _Static_assert(offsetof(struct sys_thread_sync_args, res) == 16, "struct sys_thr
 _Static_assert(offsetof(struct sys_thread_sync_args, __resv) == 24, "struct sys_thread_sync_args.__resv");
 _Static_assert(offsetof(struct sys_thread_sync_args, op) == 32, "struct sys_thread_sync_args.op");
 _Static_assert(offsetof(struct sys_thread_sync_args, flags) == 36, "struct sys_thread_sync_args.flags");
+
+struct fault_object_info {
+	objid_t objid;
+	uint64_t ip;
+	uint64_t addr;
+	uint64_t flags;
+	uint64_t pad;
+};
+_Static_assert(sizeof(struct fault_object_info) == 48, "struct fault_object_info size");
+_Static_assert(offsetof(struct fault_object_info, objid) == 0, "struct fault_object_info.objid");
+_Static_assert(offsetof(struct fault_object_info, ip) == 16, "struct fault_object_info.ip");
+_Static_assert(offsetof(struct fault_object_info, addr) == 24, "struct fault_object_info.addr");
+_Static_assert(offsetof(struct fault_object_info, flags) == 32, "struct fault_object_info.flags");
+_Static_assert(offsetof(struct fault_object_info, pad) == 40, "struct fault_object_info.pad");
+
+struct fault_null_info {
+	uint64_t ip;
+	uint64_t addr;
+};
+_Static_assert(sizeof(struct fault_null_info) == 16, "struct fault_null_info size");
+_Static_assert(offsetof(struct fault_null_info, ip) == 0, "struct fault_null_info.ip");
+_Static_assert(offsetof(struct fault_null_info, addr) == 8, "struct fault_null_info.addr");
+
+struct fault_exception_info {
+	uint64_t ip;
+	uint64_t code;
+	uint64_t arg0;
+};
+_Static_assert(sizeof(struct fault_exception_info) == 24, "struct fault_exception_info size");
+_Static_assert(offsetof(struct fault_exception_info, ip) == 0, "struct fault_exception_info.ip");
+_Static_assert(offsetof(struct fault_exception_info, code) == 8, "struct fault_exception_info.code");
+_Static_assert(offsetof(struct fault_exception_info, arg0) == 16, "struct fault_exception_info.arg0");
+
+struct fault_sctx_info {
+	objid_t target;
+	uint64_t ip;
+	uint64_t addr;
+	uint32_t pneed;
+	uint32_t pad;
+	uint64_t pad64;
+};
+_Static_assert(sizeof(struct fault_sctx_info) == 48, "struct fault_sctx_info size");
+_Static_assert(offsetof(struct fault_sctx_info, target) == 0, "struct fault_sctx_info.target");
+_Static_assert(offsetof(struct fault_sctx_info, ip) == 16, "struct fault_sctx_info.ip");
+_Static_assert(offsetof(struct fault_sctx_info, addr) == 24, "struct fault_sctx_info.addr");
+_Static_assert(offsetof(struct fault_sctx_info, pneed) == 32, "struct fault_sctx_info.pneed");
+_Static_assert(offsetof(struct fault_sctx_info, pad) == 36, "struct fault_sctx_info.pad");
+_Static_assert(offsetof(struct fault_sctx_info, pad64) == 40, "struct fault_sctx_info.pad64");
+
+struct fault_fault_info {
+	uint32_t fault_nr;
+	uint32_t info;
+	uint32_t len;
+	uint32_t resv;
+};
+_Static_assert(sizeof(struct fault_fault_info) == 16, "struct fault_fault_info size");
+_Static_assert(offsetof(struct fault_fault_info, fault_nr) == 0, "struct fault_fault_info.fault_nr");
+_Static_assert(offsetof(struct fault_fault_info, info) == 4, "struct fault_fault_info.info");
+_Static_assert(offsetof(struct fault_fault_info, len) == 8, "struct fault_fault_info.len");
+_Static_assert(offsetof(struct fault_fault_info, resv) == 12, "struct fault_fault_info.resv");
+
+struct fault_page_info {
+	objid_t objid;
+	uint64_t vaddr;
+	uint64_t pgnr;
+	uint64_t info;
+	uint64_t ip;
+};
+_Static_assert(sizeof(struct fault_page_info) == 48, "struct fault_page_info size");
+_Static_assert(offsetof(struct fault_page_info, objid) == 0, "struct fault_page_info.objid");
+_Static_assert(offsetof(struct fault_page_info, vaddr) == 16, "struct fault_page_info.vaddr");
+_Static_assert(offsetof(struct fault_page_info, pgnr) == 24, "struct fault_page_info.pgnr");
+_Static_assert(offsetof(struct fault_page_info, info) == 32, "struct fault_page_info.info");
+_Static_assert(offsetof(struct fault_page_info, ip) == 40, "struct fault_page_info.ip");
+
+struct fault_pptr_info {
+	objid_t objid;
+	uint64_t fote;
+	uint64_t ip;
+	uint32_t info;
+	uint32_t retval;
+	uint64_t flags;
+	const char *name;
+	const void *ptr;
+};
+_Static_assert(sizeof(struct fault_pptr_info) == 64, "struct fault_pptr_info size");
+_Static_assert(offsetof(struct fault_pptr_info, objid) == 0, "struct fault_pptr_info.objid");
+_Static_assert(offsetof(struct fault_pptr_info, fote) == 16, "struct fault_pptr_info.fote");
+_Static_assert(offsetof(struct fault_pptr_info, ip) == 24, "struct fault_pptr_info.ip");
+_Static_assert(offsetof(struct fault_pptr_info, info) == 32, "struct fault_pptr_info.info");
+_Static_assert(offsetof(struct fault_pptr_info, retval) == 36, "struct fault_pptr_info.retval");
+_Static_assert(offsetof(struct fault_pptr_info, flags) == 40, "struct fault_pptr_info.flags");
+_Static_assert(offsetof(struct fault_pptr_info, name) == 48, "struct fault_pptr_info.name");
+_Static_assert(offsetof(struct fault_pptr_info, ptr) == 56, "struct fault_pptr_info.ptr");
+
+struct fault_signal_info {
+	long args[4];
+};
+_Static_assert(sizeof(struct fault_signal_info) == 32, "struct fault_signal_info size");
+_Static_assert(offsetof(struct fault_signal_info, args) == 0, "struct fault_signal_info.args");
 
 struct sys_thrd_spawn_args {
 	objid_t target_view;
