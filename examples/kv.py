@@ -37,10 +37,13 @@ _RECORD = struct.Struct("<QQ")
 _U64 = struct.Struct("<Q")
 
 
-def fnv1a(key: int) -> int:
-    h = FNV_OFFSET
+def fnv1a(key: int, mask: int = M64) -> int:
+    """64-bit FNV-1a of the key's 8 bytes, & mask. A low-bits mask is applied all along: the
+    low bits of a product depend only on the low bits of its factors, and Python is faster on
+    small ints."""
+    h, prime = FNV_OFFSET & mask, FNV_PRIME & mask
     for b in key.to_bytes(8, "little"):
-        h = ((h ^ b) * FNV_PRIME) & M64
+        h = ((h ^ b) * prime) & mask
     return h
 
 
@@ -76,7 +79,7 @@ class KV:
 
     def _slot(self, key: int):
         """(bucket slot offset, record offset or 0): where key is, or the free way for it."""
-        b = fnv1a(key) & self.mask
+        b = fnv1a(key, self.mask)
         iview, dview, mask = self._iview, self._dview, self.mask
         for probe in range(self.nbuckets):
             off = BUCKETS + (((b + probe) & mask) << 6)
@@ -91,8 +94,17 @@ class KV:
         raise libtwz.TwzError(f"kv store {self.index.id} is full ({self.nbuckets} buckets)")
 
     def get(self, key: int) -> int | None:
+        # The common case inline: the key in its home bucket, or the bucket not full.
+        dview, fot = self._dview, self.fot
+        for ptr in _BUCKET.unpack_from(self._iview, BUCKETS + (fnv1a(key, self.mask) << 6)):
+            if not ptr:
+                return None
+            if ptr >> 30 == fot:
+                k, v = _RECORD.unpack_from(dview, ptr & _LOCAL)
+                if k == key:
+                    return v
         _, rec = self._slot(key)
-        return _RECORD.unpack_from(self._dview, rec)[1] if rec else None
+        return _RECORD.unpack_from(dview, rec)[1] if rec else None
 
     def put(self, key: int, value: int) -> None:
         slot, rec = self._slot(key)
