@@ -75,6 +75,10 @@ def make_fault(fault: int, *, addr=0, ip=0, objid=0, slot=0, flags=0, detail="")
     parts = [f"{name} at {addr:#x}"]
     if fault == c.FAULT_OBJECT and flags:
         parts.append("(" + "|".join(n for b, n in _OBJECT_FLAG_NAMES.items() if flags & b) + ")")
+    if fault == c.FAULT_SCTX and flags:  # flags: the access that the context refused
+        parts.append("(the security context does not grant "
+                     + "|".join(n for b, n in list(_OBJECT_FLAG_NAMES.items())[:3] if flags & b)
+                     + ")")
     if objid:
         parts.append(f"object {ObjID(objid)}")
     parts.append(f"slot {slot:#x}")

@@ -11,6 +11,7 @@ import socket
 import sys
 
 from twzlinux.daemon import filter as seccomp_filter
+from twzlinux.daemon import isolation
 
 
 def _hand_over_listener() -> None:
@@ -34,6 +35,10 @@ def main(argv=None) -> None:
         sys.exit("usage: python -m twzlinux.launch python|native PROGRAM [ARGS...]\n"
                  "(run by twzd with TWZ_LAUNCH_FD set; run programs with twzrun)")
     mode, program, args = argv[0], argv[1], argv[2:]
+    try:
+        isolation.apply(os.environ["TWZ_HOME"])
+    except (OSError, KeyError) as e:
+        sys.exit(f"twzrun: cannot isolate the program from twzd's home: {e}")
     _hand_over_listener()
     if mode == "native":
         try:

@@ -7,6 +7,8 @@ Its stdin, stdout, stderr, cwd and environment are twzrun's. twzrun forwards SIG
 SIGHUP and SIGQUIT to it and exits with its status (128+n if signal n killed it).
 --trace writes a line per Twizzler system call and per refused Linux call, decoded, to the
 program's stderr; --trace-dir DIR writes them to DIR/trace.TID instead, one file per thread.
+--sctx CONTEXT (an ID or a name; repeatable) runs it under those security contexts, the first
+active (docs/security.md); without it, objects grant their default permissions.
 """
 
 import os
@@ -16,7 +18,8 @@ import sys
 
 from twzlinux.daemon import client
 
-USAGE = "usage: twzrun [--home DIR] [--trace | --trace-dir DIR] PROGRAM [ARGS...]"
+USAGE = ("usage: twzrun [--home DIR] [--trace | --trace-dir DIR] [--sctx CONTEXT]... "
+         "PROGRAM [ARGS...]")
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 EXIT_NOT_FOUND, EXIT_NOT_EXECUTABLE, EXIT_TWZD_FAILED = 127, 126, 125
 
@@ -73,8 +76,9 @@ def _stdio() -> list:
     return fds
 
 
-def run(home, program: str, args: list, trace: bool | str = False) -> int:
-    """trace: False, True (to the program's stderr) or a directory (one file per thread)."""
+def run(home, program: str, args: list, trace: bool | str = False, sctx=()) -> int:
+    """trace: False, True (to the program's stderr) or a directory (one file per thread);
+    sctx: security contexts (IDs or names) to run under, the first active."""
     path, mode = resolve(program)
     conn = client.connect(home)
     spawned, early = False, []
@@ -92,6 +96,7 @@ def run(home, program: str, args: list, trace: bool | str = False) -> int:
     for signum in FORWARDED:
         signal.signal(signum, forward)
     conn.send({"op": "spawn", "program": path, "args": args, "mode": mode, "trace": trace,
+               "sctx": list(sctx),
                "python": sys.executable, "cwd": os.getcwd(), "env": dict(os.environ)},
               _stdio())
     spawned = True
@@ -111,7 +116,7 @@ def run(home, program: str, args: list, trace: bool | str = False) -> int:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    home, trace = None, False
+    home, trace, sctx = None, False, []
     while argv and argv[0].startswith("-"):
         opt = argv.pop(0)
         if opt == "--trace":
@@ -123,6 +128,8 @@ def main(argv=None) -> int:
             except OSError as e:
                 print(f"twzrun: --trace-dir {trace}: {e.strerror}", file=sys.stderr)
                 return 2
+        elif opt == "--sctx" and argv:
+            sctx.append(argv.pop(0))
         elif opt == "--home" and argv:
             home = argv.pop(0)
         elif opt.startswith("--home="):
@@ -139,7 +146,7 @@ def main(argv=None) -> int:
         print(USAGE, file=sys.stderr)
         return 2
     try:
-        return run(client.home_from(home), argv[0], argv[1:], trace)
+        return run(client.home_from(home), argv[0], argv[1:], trace, sctx)
     except UsageError as e:
         print(f"twzrun: {e}", file=sys.stderr)
         return e.status

@@ -25,6 +25,7 @@ from twzlinux.daemon import protocol
 from twzlinux.daemon.control import Control
 from twzlinux.daemon.seccomp import Listener
 from twzlinux.daemon.trace import TraceDir
+from twzlinux.daemon import secops
 from twzlinux.kernel.core import Kernel
 
 log = logging.getLogger("twzd")
@@ -248,6 +249,8 @@ class Daemon:
             return {"stopping": True, "programs": len(self.programs)}
         if op == "spawn":
             return self._spawn(conn, msg, fds)
+        if op == "sec":
+            return secops.handle(self.kernel, msg)
         if op == "signal":
             signum = msg.get("signal")
             if not isinstance(signum, int) or signum not in signal.valid_signals():
@@ -299,7 +302,7 @@ class Daemon:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         popen = proc = None
         try:
-            proc = self.kernel.new_process()
+            proc = self.kernel.new_process(secops.spawn_contexts(self.kernel, msg.get("sctx", [])))
             child_env = {**env, **proc.env(), "TWZ_HOME": str(self.home),
                          "TWZ_LAUNCH_FD": str(theirs.fileno()),
                          "TWZ_TRACE": "1" if trace else "",

@@ -4,7 +4,7 @@ import errno
 import json
 import os
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -14,6 +14,7 @@ from twzlinux.abi.structs import id_str
 from twzlinux.abi.syscalls import join_args, lookup_linux_nr
 
 from . import control, kso  # control: SIGNAL, which needs Kernel.control
+from .access import Access, Contexts
 from .errors import FdResult, MemoryAccess, SyscallError
 from .objects import ObjectTable
 from .store import Store
@@ -34,6 +35,7 @@ class Process:
     thread_id: int
     root_namespace: int
     pid: int | None = None  # set by the daemon once the Linux process exists
+    ctx: Contexts = field(default_factory=Contexts)  # attached security contexts (access.py)
 
     def env(self) -> dict[str, str]:
         return {"TWZ_VIEW": id_str(self.view_id), "TWZ_THREAD": id_str(self.thread_id),
@@ -65,6 +67,7 @@ class Kernel:
                                         fixed_id=c.KSO_ROOT_ID, kernel=True)
         kso.set_name(self.root, "root")
         self.root_namespace = self._root_namespace()
+        self.access = Access(self.objects)
         # the daemon's adapter for acting on Linux threads (twzlinux.daemon.control)
         self.control = None
 
@@ -91,15 +94,19 @@ class Kernel:
         os.replace(tmp, state)
         return ns.id
 
-    def new_process(self) -> Process:
-        """A view KSO and a thread repr attached to the root KSO."""
+    def new_process(self, sctxs=()) -> Process:
+        """A view KSO and a thread repr attached to the root KSO, running under the security
+        contexts `sctxs` (objects; the first is active), or the temporary context if none."""
         view = self.objects.create(0, _kso_flags(c.KSO_VIEW, _KSO_FLAGS), kernel=True)
         kso.set_name(view, "view")
         thread = self.objects.create(0, _kso_flags(c.KSO_THREAD, _KSO_FLAGS), kernel=True)
         kso.set_name(thread, "thread")
         kso.write_reprid(thread)
         kso.root_attach(self.root, thread)
-        return Process(view.id, thread.id, self.root_namespace)
+        proc = Process(view.id, thread.id, self.root_namespace)
+        for ctx in sctxs:
+            self.access.attach(proc.ctx, ctx)
+        return proc
 
     def process_exit(self, proc: Process) -> None:
         """Drop the process's mappings and its thread's ties; free its view and repr."""
@@ -119,7 +126,8 @@ class Kernel:
         if handler is None:
             raise SyscallError(errno.ENOSYS)
         try:
-            return handler(self, proc, mem, *join_args(call, [r & _U64 for r in regs]))
+            args = join_args(call, [r & _U64 for r in regs])
+            return self.access.around(proc.ctx, call.nr, lambda: handler(self, proc, mem, *args))
         except OSError as e:
             # Running out of memory or disk is the caller's error to see; anything else from
             # the store is a bug and propagates.

@@ -14,7 +14,9 @@ from twzlinux.abi import constants as c
 from twzlinux.abi import structs as s
 from twzlinux.abi.syscalls import BY_NAME
 
+from .access import refusal
 from .errors import FdResult, MemoryAccess, SyscallError
+from .lockdown import hide_inode
 from .objects import Obj
 
 if TYPE_CHECKING:
@@ -70,8 +72,8 @@ def sys_ocreate(k, proc, mem: MemoryAccess, kuid, src, flags, retid):
     """Create an object; EEXIST when ZERONONCE (or HASHDATA) derives an ID already in use.
 
     Deviations: PERSIST with a source is allowed (Twizzler: ENOTSUP, its NV regions cannot
-    clone); the copy is eager, not copy-on-write; a source needs DFL_READ (Twizzler's SCP_READ
-    check, with default permissions standing in for security contexts) else EACCES. A NULL
+    clone); the copy is eager, not copy-on-write; a source needs READ under the caller's security
+    context (Twizzler's SCP_READ check) else EACCES. A NULL
     retid creates the object without reporting its ID, as in Twizzler. If writing the ID
     faults, the object is deleted again before EFAULT is returned.
     """
@@ -79,8 +81,8 @@ def sys_ocreate(k, proc, mem: MemoryAccess, kuid, src, flags, retid):
     if (flags & c.OC_KSO_MASK) >> c.OC_KSO_SHIFT >= c.KSO_MAX:
         raise SyscallError(EINVAL, "KSO type out of range")
     source = _object(k, src) if src else None
-    if source is not None and not source.p_flags & c.MIP_DFL_READ:
-        raise SyscallError(EACCES, "source not readable")
+    if source is not None:
+        k.access.check(proc.ctx, source, c.MIP_DFL_READ, "OCREATE source")
     obj = k.objects.create(kuid, flags, source)
     if retid:
         try:
@@ -102,6 +104,7 @@ def sys_odelete(k, proc, mem, oid, flags):
     obj = _object(k, oid)
     if obj.kernel:
         raise SyscallError(EPERM, "kernel object")
+    k.access.check(proc.ctx, obj, c.MIP_DFL_DEL, "ODELETE")
     k.objects.delete(obj, immediate=bool(flags & c.TWZ_SYS_OD_IMMEDIATE))
     return 0
 
@@ -140,6 +143,7 @@ def sys_octl(k, proc, mem, oid, op, a1, a2, a3):
     ENOENT, as there are no devices yet.
     """
     obj = _object(k, oid)
+    k.access.check(proc.ctx, obj, c.MIP_DFL_WRITE, "OCTL")
     if op == c.OCO_CACHE_MODE:
         _check_data_range(a1, a2)
         if a3 not in (c.OC_CM_WB, c.OC_CM_UC, c.OC_CM_WT, c.OC_CM_WC):
@@ -191,6 +195,9 @@ def sys_ocopy(k, proc, mem: MemoryAccess, destp, srcp, doff, soff, length, flags
         raise SyscallError(EINVAL, "range beyond the object")
     dest = _object(k, dest_id)
     src = _object(k, src_id) if src_id else None
+    k.access.check(proc.ctx, dest, c.MIP_DFL_WRITE, "OCOPY destination")
+    if src is not None:
+        k.access.check(proc.ctx, src, c.MIP_DFL_READ, "OCOPY source")
     if src is dest and abs(doff - soff) < length:
         raise SyscallError(EINVAL, "overlapping ranges")
     if not length:
@@ -244,16 +251,81 @@ def sys_kconf(k, proc, mem, cmd, arg):
 
 @handles("LX_OBJFD")
 def sys_lx_objfd(k, proc: "Process", mem, oid, perms):
-    """An fd for `oid` with access perms & the object's default permissions.
+    """An fd for `oid` with access perms & what the caller's security context grants.
 
     Bits outside READ|WRITE|EXEC|USE are ignored, so view-entry flags (VE_VALID...) can be
-    passed as they are. The fd is read-only unless WRITE is granted; READ must be granted
-    (EACCES). The process counts as mapping the object until it exits.
+    passed as they are. The fd is read-only unless WRITE is granted; READ, and EXEC when asked
+    for, must be granted (EACCES naming the object and the permission): the runtime maps an
+    EXEC entry executable, so EXEC is refused here rather than left to the mapping. The process
+    counts as mapping the object until it exits.
     """
     obj = _object(k, oid)
-    granted = perms & _PERMS & obj.p_flags
-    if not granted & c.FE_READ:
-        raise SyscallError(EACCES, "read not granted")
+    have, why = k.access.perms(proc.ctx, obj)
+    granted = perms & _PERMS & have
+    missing = (perms & (c.FE_READ | c.FE_EXEC) | c.FE_READ) & ~granted
+    if missing:
+        raise SyscallError(EACCES, refusal(oid, missing, "map", why))
+    hide_inode(obj.backing)
+    if granted & c.FE_WRITE:
+        k.access.mapped_writable(obj)
     fd = obj.backing.open_fd(writable=bool(granted & c.FE_WRITE))
     k.objects.map(obj, proc)
     return FdResult(fd)
+
+
+@handles("ATTACH")
+def sys_attach(k, proc: "Process", mem, parent, child, xflags):
+    """Attach security context `child` to the calling process (parent 0 or its own thread).
+
+    Needs USE on the context. Deviation: contexts belong to the whole program (all its
+    threads), and a KSO other than a context (Twizzler has no other attach op) is EINVAL.
+    """
+    kind = xflags & 0xFFFF
+    if kind != c.KSO_SECCTX or parent not in (0, proc.thread_id):
+        raise SyscallError(EINVAL, "only a security context attaches, to the calling thread")
+    obj = _object(k, child)
+    k.access.check(proc.ctx, obj, c.MIP_DFL_USE, "ATTACH")
+    k.access.attach(proc.ctx, obj)
+    return 0
+
+
+@handles("DETACH")
+def sys_detach(k, proc: "Process", mem, parent, child, xflags):
+    """Detach `child` (0 = every context) now, or around syscall `(xflags >> 16) & 0xFFFF`:
+    ONENTRY (off before it runs), ONEXIT (off after), neither = REATTACH (off for its duration).
+
+    Deviation: a schedule serves once (the next such call); DETACH itself as the syscall (the
+    default, 0) means now.
+    """
+    kind, sysc, flags = xflags & 0xFFFF, (xflags >> 16) & 0xFFFF, xflags >> 32
+    if kind != c.KSO_SECCTX or parent not in (0, proc.thread_id):
+        raise SyscallError(EINVAL, "only a security context detaches, from the calling thread")
+    if flags & ~3:
+        raise SyscallError(EINVAL, f"unknown detach flags {flags:#x}")
+    if child and child not in proc.ctx.attached:
+        raise SyscallError(ENOENT, f"{s.id_str(child)} is not attached")
+    k.access.schedule(proc.ctx, child, sysc, flags)
+    return 0
+
+
+@handles("LX_UFFD")
+def sys_lx_uffd(k, proc: "Process", mem, fd):
+    """Adopt the caller's userfaultfd (its fd number `fd`). ENOSYS when twzd has no
+    userfaultfd adapter, EBUSY the second time, EINVAL if `fd` is not a userfaultfd."""
+    port = k.objects.lazy.port
+    if port is None:
+        raise SyscallError(ENOSYS, "this kernel serves no userfaultfd")
+    port.adopt(proc, fd)
+    return 0
+
+
+@handles("LX_MAPPED")
+def sys_lx_mapped(k, proc: "Process", mem, base, oid):
+    """Record that the caller mapped `oid` (opened with LX_OBJFD) at slot `base`."""
+    if not base or base % c.OBJ_MAXSIZE or base >> 47:
+        raise SyscallError(EINVAL, "base is not a slot address")
+    obj = _object(k, oid)
+    if proc not in obj.mappers:
+        raise SyscallError(EINVAL, "the object was not opened with LX_OBJFD")
+    k.objects.lazy.mapped(proc, base, obj)
+    return 0
