@@ -13,6 +13,7 @@ from typing import Callable, Hashable
 
 from twzlinux.abi import constants as c
 
+from .cow import LazyCopies
 from .errors import SyscallError
 from .ids import compute_id
 from .metainfo import Metainfo
@@ -72,6 +73,7 @@ class ObjectTable:
         self._objs: dict[int, Obj] = {}
         self._mapped_by: dict[Hashable, set[int]] = {}
         self._until_prune: dict[Hashable, int] = {}  # key -> deletes before its next prune
+        self.lazy = LazyCopies()
         self.saved = SavedState(store.dir.parent / "twzd.db")
         self._recover()
 
@@ -131,7 +133,7 @@ class ObjectTable:
                fixed_id: int | None = None, kernel: bool = False) -> Obj:
         """Twizzler's OCREATE on the table: write a fresh metainfo, derive the ID.
 
-        With a source, the whole image is copied eagerly first. Deviation: where Twizzler
+        With a source, the whole image is copied first (cow.py). Deviation: where Twizzler
         zeroes them, the new metainfo keeps the source's `fotentries`, so the copied FOT stays
         reachable, and its `sz` (with MIF_SZ) so that a HASHDATA copy is addressed by the data
         it holds; a HASHDATA copy of a source without MIF_SZ gets as sz the end of the source's
@@ -162,7 +164,7 @@ class ObjectTable:
                    self.store.volatile)(oid)
         obj = Obj(oid, backing, mi.kso_type, mi.p_flags, kernel=kernel)
         if src is not None:
-            backing.copy_from(src.backing, 0, 0, c.OBJ_MAXSIZE)
+            self.lazy.copy(obj, 0, src, 0, c.OBJ_MAXSIZE)
             src.derived.add(oid)
             obj.source = src.id
         obj.write_meta(mi)
@@ -241,6 +243,7 @@ class ObjectTable:
 
     def _release(self, obj: Obj) -> None:
         if obj.deleted and not obj.mappers and not obj.tied and self._objs.get(obj.id) is obj:
+            self.lazy.forget(obj.id)  # before the backing goes: copies take what they owe it
             del self._objs[obj.id]
             obj.backing.free()
             if obj.persistent:
@@ -254,6 +257,7 @@ class ObjectTable:
         """Release every backing. With the kernel gone, so are the processes and the volatile
         objects: their mappings and ties go first, which frees the deleted objects they held
         (a deleted persistent object tied by a persistent one stays, as it would on restart)."""
+        self.lazy.clear()  # volatile copies die with twzd: settling their debts would be waste
         for key in list(self._mapped_by):
             self.unmap_all(key)
         for obj in list(self._objs.values()):

@@ -104,7 +104,9 @@ uint64_t twz_rt_fetch_and64(uint64_t *p, uint64_t v);
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <ucontext.h>
 #include <unistd.h>
 
@@ -123,6 +125,8 @@ uint64_t twz_rt_fetch_and64(uint64_t *p, uint64_t v);
 #define TWZ_RT_PF_WRITE 0x2
 #define TWZ_RT_PF_FETCH 0x10
 
+#define TWZ_RT_USERFAULTFD_IOC_NEW _IO(0xAA, 0x00) /* linux/userfaultfd.h, 6.1+ */
+
 /* Per-slot state: 0 while the slot is the bare reservation, else MAPPED | the PROT_* bits. */
 #define TWZ_RT_SLOT_MAPPED 0x80
 
@@ -131,6 +135,7 @@ static struct {
 	int view_mapped;
 	objid_t view_id;
 	int fault_signal;
+	int uffd_given; /* twzd holds a userfaultfd of this mm: it wants LX_MAPPED after each mmap */
 	struct sigaction old_segv, old_bus, old_fpe, old_ill, old_trap, old_signal;
 	uint8_t slot_state[WINDOW_SLOTS];
 } twz_rt;
@@ -171,7 +176,7 @@ static int twz_rt_prot_of_fd(int fd)
  * slot faults). Exec needs the entry's VE_EXEC (want_exec, W^X already applied) and the object's
  * own MIP_DFL_EXEC: an fd's access mode cannot say "executable". Safe in the signal handler:
  * mmap, mprotect and fcntl are plain system calls. */
-static int twz_rt_map_fd(uint64_t slot, int fd, int want_exec)
+static int twz_rt_map_fd(uint64_t slot, int fd, int want_exec, objid_t id)
 {
 	char *base = twz_rt_slot_base(slot);
 	int prot = twz_rt_prot_of_fd(fd);
@@ -183,6 +188,9 @@ static int twz_rt_map_fd(uint64_t slot, int fd, int want_exec)
 		twz_rt_unmap_local(slot);
 		return -err;
 	}
+	/* Before any touch: twzd may have to trap this fresh mapping (a lazy copy, or its source). */
+	if(twz_rt.uffd_given)
+		sys_lx_mapped(base, id);
 	const struct metainfo *mi = (const struct metainfo *)(base + OBJ_METAINFO_OFFSET);
 	if(want_exec && (mi->p_flags & MIP_DFL_EXEC)
 	   && mprotect(base + OBJ_NULLPAGE_SIZE, OBJ_MAXSIZE - OBJ_NULLPAGE_SIZE, prot | PROT_EXEC) == 0) {
@@ -233,7 +241,7 @@ static int twz_rt_map_view(int fd, objid_t id)
 		return r;
 	if(twz_rt.view_mapped)
 		return twz_rt.view_id == id ? 0 : -EBUSY;
-	r = twz_rt_map_fd(SLOT_CVIEW, fd, 0);
+	r = twz_rt_map_fd(SLOT_CVIEW, fd, 0, id);
 	if(r < 0)
 		return r;
 	twz_rt.view_id = id;
@@ -264,7 +272,7 @@ static int twz_rt_map_entry(struct twz_fault_record *f, objid_t id, uint32_t vfl
 		}
 		return 0;
 	}
-	int r = twz_rt_map_fd(f->slot, (int)fd, (vflags & VE_EXEC) && !(vflags & VE_WRITE));
+	int r = twz_rt_map_fd(f->slot, (int)fd, (vflags & VE_EXEC) && !(vflags & VE_WRITE), id);
 	close((int)fd);
 	if(r < 0) {
 		f->fault = FAULT_OBJECT;
@@ -582,6 +590,26 @@ static int twz_rt_install_handlers(void)
 	return 0;
 }
 
+/* Hand twzd a userfaultfd of this mm, which twzd uses to serve lazy copies (docs/userfaultfd.md).
+ * Made here, after exec: exec replaces the mm a uffd belongs to. Our own copy is closed at once,
+ * so that only twzd reads its events. Without one (no userfaultfd, an older twzd), twzd copies
+ * eagerly whatever this process maps. */
+static void twz_rt_uffd_handover(void)
+{
+	long fd = syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+	if(fd < 0) {
+		int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
+		if(dev >= 0) {
+			fd = ioctl(dev, TWZ_RT_USERFAULTFD_IOC_NEW, O_CLOEXEC | O_NONBLOCK);
+			close(dev);
+		}
+	}
+	if(fd < 0)
+		return;
+	twz_rt.uffd_given = sys_lx_uffd((int)fd) == 0;
+	close((int)fd);
+}
+
 int twz_rt_reserve_window(void)
 {
 	if(twz_rt.reserved)
@@ -601,6 +629,7 @@ int twz_rt_reserve_window(void)
 		return r;
 	}
 	twz_rt.reserved = 1;
+	twz_rt_uffd_handover();
 	return 0;
 }
 

@@ -1,0 +1,180 @@
+"""The userfaultfd adapter: each Twizzler process's uffd, served on twzd's loop.
+
+The runtime makes a userfaultfd in its own mm right after exec (it must: exec replaces the mm)
+and hands its number over with LX_UFFD; twzd takes a copy with pidfd_getfd, runs UFFDIO_API
+itself, and from then on registers, write-protects and resolves faults in that mm without the
+process's help (registration acts on the mm the uffd belongs to, not the caller's). Faults are
+served here, never in a thread of the faulting process: a Python thread serving its own
+process's faults deadlocks as soon as a fault is taken with the GIL held.
+
+The kernel core (kernel/cow.py) decides; this module only speaks ioctl. A process that died
+meanwhile makes every ioctl fail, which is fine: its records go at process_exit.
+"""
+
+import ctypes
+import errno
+import fcntl
+import logging
+import os
+import signal
+import struct
+
+from twzlinux.abi import constants as c
+from twzlinux.kernel.errors import SyscallError
+
+log = logging.getLogger("twzd.uffd")
+
+_SYS_PIDFD_GETFD = 438
+_UFFDIO = 0xAA
+_API = 0xAA
+
+
+def _iowr(nr: int, size: int) -> int:
+    return (3 << 30) | (size << 16) | (_UFFDIO << 8) | nr
+
+
+def _ior(nr: int, size: int) -> int:
+    return (2 << 30) | (size << 16) | (_UFFDIO << 8) | nr
+
+
+UFFDIO_API = _iowr(0x3F, 24)
+UFFDIO_REGISTER = _iowr(0x00, 32)
+UFFDIO_UNREGISTER = _ior(0x01, 16)
+UFFDIO_WAKE = _ior(0x02, 16)
+UFFDIO_ZEROPAGE = _iowr(0x04, 32)
+UFFDIO_WRITEPROTECT = _iowr(0x06, 24)
+MODE_MISSING, MODE_WP = 1, 2
+WP_MODE_WP = 1
+FEATURE_PAGEFAULT_FLAG_WP = 1 << 0
+FEATURE_MISSING_SHMEM = 1 << 5
+FEATURE_WP_HUGETLBFS_SHMEM = 1 << 12
+FEATURES = FEATURE_PAGEFAULT_FLAG_WP | FEATURE_MISSING_SHMEM | FEATURE_WP_HUGETLBFS_SHMEM
+EVENT_PAGEFAULT = 0x12
+PAGEFAULT_FLAG_WP = 2
+MSG = struct.Struct("=B7xQQI4x")  # struct uffd_msg, pagefault arm: event, flags, address, ptid
+_READ_BATCH = 64
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+def pidfd_getfd(pidfd: int, fd: int) -> int:
+    got = _libc.syscall(_SYS_PIDFD_GETFD, pidfd, fd, 0)
+    if got < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return got
+
+
+def _mapped(base: int) -> tuple[int, int]:
+    """(start, length) of what the runtime maps of the slot at `base`: all but the null page."""
+    return base + c.OBJ_NULLPAGE_SIZE, c.OBJ_MAXSIZE - c.OBJ_NULLPAGE_SIZE
+
+
+class UffdPort:
+    """kernel.cow.Port over real userfaultfds; `lazy` is the kernel's LazyCopies."""
+
+    def __init__(self, loop, lazy):
+        self.loop, self.lazy = loop, lazy
+        self._fds: dict = {}  # proc -> our copy of its uffd
+
+    # --- Port ---------------------------------------------------------------------------------
+
+    def can_trap(self, proc) -> bool:
+        return proc in self._fds
+
+    def adopt(self, proc, fd: int) -> None:
+        if proc in self._fds:
+            raise SyscallError(errno.EBUSY, "this process already handed over a userfaultfd")
+        try:
+            pidfd = os.pidfd_open(proc.pid)
+            try:
+                ours = pidfd_getfd(pidfd, fd)
+            finally:
+                os.close(pidfd)
+        except OSError as e:
+            raise SyscallError(errno.EBADF if e.errno == errno.EBADF else errno.EINVAL,
+                               f"cannot take fd {fd}: {e.strerror}") from None
+        try:
+            api = bytearray(struct.pack("=QQQ", _API, FEATURES, 0))
+            fcntl.ioctl(ours, UFFDIO_API, api, True)
+            os.set_blocking(ours, False)
+        except OSError as e:
+            os.close(ours)
+            raise SyscallError(errno.EINVAL, f"fd {fd} is not a fresh userfaultfd with "
+                                             f"MISSING and WP on shmem ({e.strerror})") from None
+        self._fds[proc] = ours
+        self.loop.add_reader(ours, self._on_readable, proc, ours)
+
+    def register(self, proc, base: int) -> int:
+        return self._ioctl(proc, UFFDIO_REGISTER, struct.pack(
+            "=QQQQ", *_mapped(base), MODE_MISSING | MODE_WP, 0), quiet=(errno.EPERM,))
+
+    def unregister(self, proc, base: int) -> None:
+        self._ioctl(proc, UFFDIO_UNREGISTER, struct.pack("=QQ", *_mapped(base)))
+
+    def protect(self, proc, addr: int, n: int, on: bool) -> None:
+        self._ioctl(proc, UFFDIO_WRITEPROTECT, struct.pack("=QQQ", addr, n,
+                                                           WP_MODE_WP if on else 0))
+
+    def zero(self, proc, addr: int) -> None:
+        self._ioctl(proc, UFFDIO_ZEROPAGE, struct.pack("=QQQq", addr, c.PAGE_SIZE, 0, 0),
+                    quiet=(errno.EEXIST,))
+
+    def forget(self, proc) -> None:
+        fd = self._fds.pop(proc, None)
+        if fd is not None:
+            self.loop.remove_reader(fd)
+            os.close(fd)
+
+    # --- faults -------------------------------------------------------------------------------
+
+    def _ioctl(self, proc, req: int, arg: bytes, quiet=()) -> int:
+        """0, or the errno the ioctl failed with (ESRCH if proc has no uffd)."""
+        fd = self._fds.get(proc)
+        if fd is None:
+            return errno.ESRCH
+        try:
+            fcntl.ioctl(fd, req, bytearray(arg), True)
+            return 0
+        except OSError as e:
+            if e.errno not in quiet:
+                log.debug("pid %s: uffd ioctl %#x: %s", proc.pid, req, e.strerror)
+            return e.errno
+
+    def _on_readable(self, proc, fd: int) -> None:
+        try:
+            while True:
+                try:
+                    data = os.read(fd, MSG.size * _READ_BATCH)
+                except BlockingIOError:
+                    return
+                if not data:
+                    return
+                for i in range(0, len(data) - MSG.size + 1, MSG.size):
+                    event, flags, addr, _ = MSG.unpack_from(data, i)
+                    if event == EVENT_PAGEFAULT:
+                        self._resolve(proc, addr & ~(c.PAGE_SIZE - 1), flags)
+        except Exception:
+            # Unanswered, the fault hangs the process; with its uffd closed it would read owed
+            # pages as zeros. Neither is acceptable, so the process goes.
+            log.exception("pid %s: serving a userfault failed; killing the process", proc.pid)
+            self.forget(proc)
+            try:
+                os.kill(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def _resolve(self, proc, page: int, flags: int) -> None:
+        action = self.lazy.fault(proc, page, wp=bool(flags & PAGEFAULT_FLAG_WP))
+        if action == "unprotect":
+            self.protect(proc, page, c.PAGE_SIZE, False)  # wakes the faulting thread too
+        elif action == "zero":
+            if self._ioctl(proc, UFFDIO_ZEROPAGE, struct.pack("=QQQq", page, c.PAGE_SIZE, 0, 0),
+                           quiet=(errno.EEXIST,)):
+                self._wake(proc, page)  # EEXIST: someone filled it meanwhile
+        else:
+            self._wake(proc, page)
+
+    def _wake(self, proc, page: int) -> None:
+        self._ioctl(proc, UFFDIO_WAKE, struct.pack("=QQ", page, c.PAGE_SIZE))
