@@ -111,6 +111,7 @@ class Kernel:
     def process_exit(self, proc: Process) -> None:
         """Drop the process's mappings and its thread's ties; free its view and repr."""
         self.objects.unmap_all(proc)
+        self.objects.lazy.process_exit(proc)
         kso.root_detach(self.root, proc.thread_id)
         for oid in (proc.thread_id, proc.view_id):
             obj = self.objects.lookup(oid, hidden=True)
@@ -127,6 +128,7 @@ class Kernel:
             raise SyscallError(errno.ENOSYS)
         try:
             args = join_args(call, [r & _U64 for r in regs])
+            mem = self.objects.lazy.guard(proc, mem)
             return self.access.around(proc.ctx, call.nr, lambda: handler(self, proc, mem, *args))
         except OSError as e:
             # Running out of memory or disk is the caller's error to see; anything else from

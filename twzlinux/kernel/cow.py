@@ -119,6 +119,7 @@ class LazyCopies:
         self._copies: dict[int, set[int]] = {}       # source -> copies owing it pages
         self._slots: dict[Hashable, dict[int, int]] = {}   # proc -> slot base -> object
         self._trapped: dict[Hashable, set[int]] = {}       # proc -> registered slot bases
+        self._opening: dict[Hashable, set[int]] = {}       # proc -> fds given, not yet mapped
 
     # --- queries ------------------------------------------------------------------------------
 
@@ -135,7 +136,11 @@ class LazyCopies:
         return [b for b, o in self._slots.get(proc, {}).items() if o == oid]
 
     def _trappable(self, obj: "Obj") -> bool:
-        return all(self._can_trap(p) and self._bases(p, obj.id) for p in obj.mappers)
+        """Every process that can reach obj's pages is one twzd can trap: it has a uffd, and it
+        has said where it mapped each fd it got (a slot since mapped with another object no
+        longer maps this one)."""
+        return all(self._can_trap(p) and obj.id not in self._opening.get(p, ())
+                   for p in obj.mappers)
 
     def _trap_all(self, obj: "Obj", writers_only: bool) -> bool:
         """Trap every mapping of `obj`. A read-only mapping cannot be registered (userfaultfd
@@ -297,13 +302,17 @@ class LazyCopies:
     def objfd(self, proc, obj: "Obj") -> None:
         """A process is about to get an fd for `obj`: one that cannot be trapped must not see
         owed pages as holes, nor write a source behind its copies' backs."""
-        if self.involved(obj.id) and not self._can_trap(proc):
-            self.settle_all(obj.id)
+        if not self._can_trap(proc):
+            if self.involved(obj.id):
+                self.settle_all(obj.id)
+            return
+        self._opening.setdefault(proc, set()).add(obj.id)
 
     def mapped(self, proc, base: int, obj: "Obj") -> None:
         """LX_MAPPED: `proc` mapped `obj` at slot `base` (a fresh, untrapped mapping)."""
         self._slots.setdefault(proc, {})[base] = obj.id
         self._trapped.get(proc, set()).discard(base)
+        self._opening.get(proc, set()).discard(obj.id)
         if not self.involved(obj.id):
             return
         err = self._trap(proc, base) if self._can_trap(proc) else EPERM
@@ -318,6 +327,7 @@ class LazyCopies:
     def process_exit(self, proc) -> None:
         self._slots.pop(proc, None)
         self._trapped.pop(proc, None)
+        self._opening.pop(proc, None)
         if self.port is not None:
             self.port.forget(proc)
 

@@ -7,7 +7,7 @@ kaction, opin, kqueue, ocreate2 and console calls until they are implemented). S
 reference §1.3; each docstring names the deviations.
 """
 
-from errno import EACCES, EINVAL, ENOENT, EPERM
+from errno import EACCES, EINVAL, ENOENT, ENOSYS, EPERM
 from typing import TYPE_CHECKING, Callable
 
 from twzlinux.abi import constants as c
@@ -183,7 +183,8 @@ def sys_ocopy(k, proc, mem: MemoryAccess, destp, srcp, doff, soff, length, flags
     """Copy src's [soff, soff+len) to dest's [doff, doff+len) (slot offsets, 4 KiB aligned);
     a zero src ID zero-fills. IDs are read through the pointers.
 
-    Deviations: the copy is eager (no copy-on-write), so Twizzler's one-source-per-destination
+    Deviations: the copy is lazy between volatile objects (kernel/cow.py) and eager otherwise,
+    and a destination may owe pages to several sources, so Twizzler's one-source-per-destination
     rule does not apply; overlapping ranges within one object are EINVAL; flags must be 0.
     """
     dest_id = s.id_unpack(mem.read(destp, s.ID_BYTES))
@@ -205,7 +206,7 @@ def sys_ocopy(k, proc, mem: MemoryAccess, destp, srcp, doff, soff, length, flags
     if src is None:
         dest.backing.punch(doff, length)
     else:
-        dest.backing.copy_from(src.backing, soff, doff, length)
+        k.objects.lazy.copy(dest, doff, src, soff, length)
         dest.source = src.id
     return 0
 
@@ -268,6 +269,7 @@ def sys_lx_objfd(k, proc: "Process", mem, oid, perms):
     hide_inode(obj.backing)
     if granted & c.FE_WRITE:
         k.access.mapped_writable(obj)
+    k.objects.lazy.objfd(proc, obj)
     fd = obj.backing.open_fd(writable=bool(granted & c.FE_WRITE))
     k.objects.map(obj, proc)
     return FdResult(fd)

@@ -223,6 +223,8 @@ __extension__ typedef unsigned __int128 objid_t;
 #define SYS_KEC_READ 22
 #define SYS_KEC_WRITE 23
 #define SYS_LX_OBJFD 0x100
+#define SYS_LX_UFFD 0x120
+#define SYS_LX_MAPPED 0x121
 #define NUM_SYSCALLS 24
 
 
@@ -682,6 +684,21 @@ static inline long sys_kec_write(const void *buf, size_t len, int flags)
 static inline long sys_lx_objfd(objid_t id, int perms)
 {
 	return twz_syscall6(TWZ_LINUX_NR(SYS_LX_OBJFD), (long)ID_LO(id), (long)ID_HI(id), (long)perms, 0, 0, 0);
+}
+
+/* Hand twzd the caller's userfaultfd (made by the runtime at start-up, after exec); twzd takes
+ * a copy with pidfd_getfd and serves the process's lazy pages and write-protection through it
+ * (docs/userfaultfd.md). Once per process. */
+static inline long sys_lx_uffd(int fd)
+{
+	return twz_syscall6(TWZ_LINUX_NR(SYS_LX_UFFD), (long)fd, 0, 0, 0, 0, 0);
+}
+
+/* Tell twzd that object `id` (opened with LX_OBJFD) is now mapped at slot `base`, so that it
+ * can trap that mapping's missing pages and writes while the object takes part in a lazy copy. */
+static inline long sys_lx_mapped(void *base, objid_t id)
+{
+	return twz_syscall6(TWZ_LINUX_NR(SYS_LX_MAPPED), (long)(uintptr_t)base, (long)ID_LO(id), (long)ID_HI(id), 0, 0, 0);
 }
 
 #endif /* TWZ_SYS_H */
