@@ -1,15 +1,23 @@
-"""The kernel core's hands on Linux threads (Kernel.control): queueing FAULT_SIGNAL.
+"""The kernel core's hands on Linux threads (Kernel.control): FAULT_SIGNAL and BECOME.
 
 A Twizzler thread is named by its repr object; the daemon knows which Linux thread runs it. A
 FAULT_SIGNAL travels as TWZ_SIGNAL_SIGNUM sent with rt_tgsigqueueinfo and si_code SI_QUEUE,
 which carries the siginfo's 32 bytes of fields unchanged: the four longs, where the runtime's
 handler (twz/fault.h) reads them.
+
+BECOME replaces the caller's registers through ptrace (reference/linux-mechanisms.md §4): twzd
+is root and the programs' parent. The caller sits in its seccomp notification, where no ptrace
+stop can reach it, so: PTRACE_SEIZE and PTRACE_INTERRUPT it, let the loop answer the call, and
+once the thread stops on its way out of the syscall, GETREGS, put in the new rip and registers
+with orig_rax = -1 (no syscall restart fix-up), SETREGS and detach.
 """
 
 import ctypes
 import errno
 import logging
+import os
 import struct
+import time
 
 from twzlinux.abi import constants as c
 from twzlinux.abi.structs import id_str
@@ -24,6 +32,27 @@ assert SIGINFO.size == 128
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
+_libc.ptrace.restype = ctypes.c_long
+_libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+
+PTRACE_GETREGS, PTRACE_SETREGS, PTRACE_DETACH = 12, 13, 17
+PTRACE_SEIZE, PTRACE_INTERRUPT = 0x4206, 0x4207
+WALL = 0x40000000
+BECOME_STOP_WAIT = 2.0  # seconds: the thread stops as soon as its answer reaches it
+# struct user_regs_struct, <sys/user.h>
+USER_REGS = ("r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8", "rax", "rcx",
+             "rdx", "rsi", "rdi", "orig_rax", "rip", "cs", "eflags", "rsp", "ss", "fs_base",
+             "gs_base", "ds", "es", "fs", "gs")
+
+
+class _Regs(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_ulonglong) for name in USER_REGS]
+
+
+def _ptrace(op, tid, addr=None, data=None) -> None:
+    if _libc.ptrace(op, tid, addr, data) < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"ptrace({op:#x}, {tid}): {os.strerror(e)}")
 
 
 class Control:
@@ -54,3 +83,55 @@ class Control:
             log.warning("rt_tgsigqueueinfo(%d, %d) failed: %s", tgid, tid, errno.errorcode.get(e))
             raise SyscallError(errno.EAGAIN if e == errno.EAGAIN else errno.EINVAL,
                                "the signal could not be queued")
+
+    def become(self, mem, rip: int, regs: dict) -> None:
+        """Make the calling thread (mem.tid) continue at `rip` with `regs` once its call is
+        answered. Raises SyscallError if the thread cannot be traced."""
+        tid = mem.tid
+        try:
+            _ptrace(PTRACE_SEIZE, tid)
+        except OSError as e:
+            raise SyscallError(errno.EPERM if e.errno == errno.EPERM else errno.ESRCH,
+                               f"cannot trace thread {tid}: {e.strerror}") from None
+        try:
+            _ptrace(PTRACE_INTERRUPT, tid)
+        except OSError as e:
+            self._detach(tid)
+            raise SyscallError(errno.ESRCH, f"thread {tid}: {e.strerror}") from None
+        self.daemon.loop.call_soon(self.daemon.guard(lambda: self._finish(tid, rip, regs)))
+
+    def _finish(self, tid: int, rip: int, regs: dict) -> None:
+        deadline = time.monotonic() + BECOME_STOP_WAIT
+        while True:
+            try:
+                # WSTOPPED without WEXITED: an exit is left for the pidfd watcher to reap
+                stopped = os.waitid(os.P_PID, tid, os.WSTOPPED | os.WNOHANG | WALL)
+            except ChildProcessError:
+                return  # gone: nothing to become
+            if stopped is not None:
+                break
+            if time.monotonic() > deadline:
+                log.warning("BECOME: thread %d did not stop within %.0f s; left as it was",
+                            tid, BECOME_STOP_WAIT)
+                self._detach(tid)
+                return
+            time.sleep(0.0002)
+        r = _Regs()
+        try:
+            _ptrace(PTRACE_GETREGS, tid, None, ctypes.byref(r))
+            for name, value in regs.items():
+                setattr(r, name, value)
+            r.rip = rip
+            r.orig_rax = (1 << 64) - 1
+            _ptrace(PTRACE_SETREGS, tid, None, ctypes.byref(r))
+        except OSError as e:
+            log.warning("BECOME of thread %d failed: %s", tid, e)
+        finally:
+            self._detach(tid)
+
+    @staticmethod
+    def _detach(tid: int) -> None:
+        try:
+            _ptrace(PTRACE_DETACH, tid, None, None)
+        except OSError:
+            pass  # it died meanwhile

@@ -93,6 +93,7 @@ uint64_t twz_rt_fetch_or64(uint64_t *p, uint64_t v);
 uint64_t twz_rt_fetch_and64(uint64_t *p, uint64_t v);
 
 #include <twz/fault.h> /* fault-info structures, twz_fault_set, the view's fault handlers */
+#include <twz/become.h> /* twz_rt_become: BECOME with the view switch */
 
 #ifdef TWZ_RT_IMPLEMENTATION
 
@@ -378,6 +379,8 @@ static void twz_rt_die(const struct twz_fault_record *f)
 
 #define TWZ_FAULT_IMPLEMENTATION
 #include <twz/fault.h> /* FAULT_EXCEPTION, FAULT_SIGNAL, the upcall into the view's handler */
+#define TWZ_BECOME_IMPLEMENTATION
+#include <twz/become.h>
 
 #ifdef TWZ_RT_PYTHON
 /* Faults taken by CPython's own C code (a memoryview over an object, say) cannot be unwound, so
