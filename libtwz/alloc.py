@@ -15,7 +15,6 @@ processes that map the object) serialises changes.
 """
 
 import errno
-import os
 import struct
 
 from twzlinux.abi import constants as c
@@ -27,7 +26,6 @@ from .plock import PidLock
 HEADER = 0x2000
 HEAP_START = 0x3000
 MAGIC = 0x74777A6F61000001  # "twzoa", version 1
-_INITIALISING = 1
 NCLASSES = 8  # 16, 32, ..., 2048
 MAX_SMALL = 16 << (NCLASSES - 1)
 PREFIX = 16
@@ -63,16 +61,18 @@ class Allocator:
         if not self.obj.writable:
             raise syscall_error(errno.EACCES, f"object {self.obj.id} has no allocator and the "
                                               "handle is read-only")
-        if rt.cas64(magic_addr, 0, _INITIALISING) == 0:
-            self._set(HEADER + _TOP, HEAP_START)
-            self._set(HEADER + _END, c.OBJ_TOPDATA)
-            self._register_ext()
-            rt.store64(magic_addr, MAGIC)
-        while rt.load64(magic_addr) != MAGIC:
-            if rt.load64(magic_addr) not in (0, _INITIALISING):
-                raise TwzError(f"object {self.obj.id}: the allocator area at {HEADER:#x} holds "
-                               "other data (the allocator needs [0x2000, 0x3000) free)")
-            os.sched_yield()
+        lock = self._locked()
+        if rt.load64(magic_addr) != 0 or rt.load64(lock.addr) & ~lock.mask:
+            raise TwzError(f"object {self.obj.id}: the allocator area at {HEADER:#x} holds "
+                           "other data (the allocator needs [0x2000, 0x3000) free)")
+        # Under the lock, so a process killed half way leaves the magic 0 and the next one
+        # simply initialises again (every step is idempotent).
+        with lock:
+            if rt.load64(magic_addr) != MAGIC:
+                self._set(HEADER + _TOP, HEAP_START)
+                self._set(HEADER + _END, c.OBJ_TOPDATA)
+                self._register_ext()
+                rt.store64(magic_addr, MAGIC)
 
     def _register_ext(self) -> None:
         for i in range((c.METAINFO_LEN_DEFAULT - 64) // 16):

@@ -256,3 +256,18 @@ o = libtwz.Object.create(persist=True, name=f"/after-kill-{uuid.uuid4().hex}")
 print("named")
 """, timeout=20)
     assert r.returncode == 0 and r.stdout.strip() == "named", r.stderr
+
+
+def test_an_allocator_whose_initialiser_was_killed_initialises_again(twzrun):
+    r = twzrun("""
+import libtwz
+from libtwz import alloc, runtime as rt
+obj = libtwz.Object.create()
+dead = (1 << 22) + 5            # above pid_max: no such process, ever
+# what a process killed inside the first alloc() leaves: the lock held, a field set, no magic
+rt.store64(obj.address + alloc.HEADER + 8, dead << 1 | 1)
+rt.store64(obj.address + alloc.HEADER + 16, 0x123456)
+off = obj.alloc(32)
+print(off >= alloc.HEAP_START, obj.alloc(32) != off)
+""")
+    assert r.returncode == 0 and r.stdout.split() == ["True", "True"], r.stderr
