@@ -176,3 +176,8 @@ TWZ_FAULT_EXIT_BASE = 112
 
 # --- personality: size of the data region, measured from the object base (slot offset 0x1000)
 OBJ_DATA_SIZE = OBJ_TOPDATA - OBJ_NULLPAGE_SIZE
+
+# Gates (us/include/twz/gate.h) and the personality's LX_GATE ops (twzlinux/kernel/gates.py)
+TWZ_GATE_OFFSET = 0x1200
+TWZ_GATE_SIZE = 32
+LX_GATE_SERVE, LX_GATE_WAIT, LX_GATE_RETURN, LX_GATE_CALL = 1, 2, 3, 4

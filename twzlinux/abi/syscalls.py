@@ -151,6 +151,16 @@ TABLE = (
             doc="Tell twzd that object `id` (opened with LX_OBJFD) is now mapped at slot "
                 "`base`, so that it can trap that mapping's missing pages and writes while the "
                 "object takes part in a lazy copy."),
+    Syscall(LX_BASE + 0x30, "LX_GATE", (_enum("op", {c.LX_GATE_SERVE: "SERVE",
+                                                     c.LX_GATE_WAIT: "WAIT",
+                                                     c.LX_GATE_RETURN: "RETURN",
+                                                     c.LX_GATE_CALL: "CALL"}),
+                                        _id("gate"), _uint("a1", "uint64_t"),
+                                        _uint("a2", "uint64_t"), _uint("a3", "uint64_t")),
+            returns="value", personality=True,
+            doc="Secure gates through a service process (twzlinux/kernel/gates.py): SERVE a gate "
+                "object, WAIT for the next call, RETURN its value; CALL a gate at a slot offset "
+                "with four u64 arguments, run under the gate owner's security context."),
 )
 
 BY_NR = {s.nr: s for s in TABLE}

@@ -2,11 +2,14 @@
 
   twz [--home DIR] daemon status|start|stop
   twz cflags            compiler flags for native programs (the twz/*.h include directory)
+  twz [--home DIR] key|object|cap|sctx ...   keys, capabilities, security contexts
+                        (twzlinux/cli/twzsec.py, docs/security.md)
 """
 
 import argparse
 import sys
 
+from twzlinux.cli import twzsec
 from twzlinux.daemon import client, protocol
 
 
@@ -59,6 +62,7 @@ def main(argv=None) -> int:
     d = sub.add_parser("daemon", help="the twzd for the home directory")
     d.add_argument("action", choices=("status", "start", "stop"))
     sub.add_parser("cflags", help="print compiler flags for native Twizzler programs")
+    twzsec.add_parsers(sub)
     opts = ap.parse_args(argv)
     if opts.command == "cflags":
         from twzlinux.native import INCLUDE_DIR
@@ -66,6 +70,8 @@ def main(argv=None) -> int:
         return 0
     home = client.home_from(opts.home)
     try:
+        if opts.command in twzsec.COMMANDS:
+            return twzsec.run(opts, home)
         return {"status": _status, "start": _start, "stop": _stop}[opts.action](home)
     except (client.ClientError, OSError) as e:
         print(f"twz: {e}", file=sys.stderr)

@@ -18,6 +18,7 @@ from twzlinux.daemon import policy
 from twzlinux.daemon.procmem import ProcMemory
 from twzlinux.daemon.trace import format_call
 from twzlinux.kernel.core import FdResult, SyscallError
+from twzlinux.kernel.gates import Deferred
 
 log = logging.getLogger("twzd.seccomp")
 
@@ -113,6 +114,12 @@ class Listener:
         # No ID_VALID check here: ProcMemory checked it after opening the caller's memory (the
         # check that matters, against a recycled tid), and an answer to a caller that has gone
         # since fails with ENOENT, which both answer paths expect.
+        if isinstance(result, Deferred):
+            # Answered when the kernel completes it (a gate call, twzlinux/kernel/gates.py);
+            # the caller stays in its syscall until then.
+            result.attach(lambda value, writes: self._finish(notif_id, tid, nr, regs, value,
+                                                             writes))
+            return
         if isinstance(result, FdResult):
             installed = self._answer_fd(notif_id, result.fd)
             if self.trace:  # after: the caller's fd number exists only once installed
@@ -132,7 +139,7 @@ class Listener:
             return -errno.ESRCH
         try:
             result = self.kernel.syscall(self.proc, nr, regs, mem)
-            if isinstance(result, (int, FdResult)) and not isinstance(result, bool):
+            if isinstance(result, (int, FdResult, Deferred)) and not isinstance(result, bool):
                 return result
             raise TypeError(f"Kernel.syscall returned {result!r}, not an int or FdResult")
         except SyscallError as e:
@@ -141,6 +148,21 @@ class Listener:
             log.exception("kernel bug: syscall %#x from pid %s (tid %s), regs %s; answering "
                           "EINVAL", nr, self.proc.pid, tid, [hex(r) for r in regs])
             return -errno.EINVAL
+
+    def _finish(self, notif_id, tid, nr, regs, value: int, writes) -> None:
+        """Complete a deferred call: write its results into the caller, then answer it."""
+        if writes:
+            mem = ProcMemory(tid, lambda: self._id_valid(notif_id))
+            try:
+                for addr, data in writes:
+                    mem.write(addr, data)
+            except SyscallError as e:
+                value = -e.errno
+            finally:
+                mem.close()
+        if self.trace:
+            self.trace(tid, format_call(tid, nr, regs, value))
+        self._answer(notif_id, value)
 
     def _answer(self, notif_id: int, value: int) -> None:
         if -4095 <= value < 0:

@@ -121,6 +121,13 @@ class Access:
         r = self.context_perms(ctxs.active, obj)
         return r.perms, r.why
 
+    def gates(self, ctxs: Contexts, obj: Obj):
+        """The gate range the active context's capabilities allow on obj (None: no limit
+        beyond the object's own gates)."""
+        if not ctxs.active:
+            return None
+        return self.context_perms(ctxs.active, obj).gates
+
     def check(self, ctxs: Contexts, obj: Obj, need: int, what: str) -> None:
         if ctxs.active is None and need & c.MIP_DFL_DEL:
             need &= ~c.MIP_DFL_DEL  # the temporary context may delete, as before contexts

@@ -14,6 +14,7 @@ from twzlinux.abi.structs import id_str
 from twzlinux.abi.syscalls import join_args, lookup_linux_nr
 
 from . import control, kso  # control: SIGNAL, which needs Kernel.control
+from . import gates  # LX_GATE
 from .access import Access, Contexts
 from .errors import FdResult, MemoryAccess, SyscallError
 from .objects import ObjectTable
@@ -111,6 +112,7 @@ class Kernel:
     def process_exit(self, proc: Process) -> None:
         """Drop the process's mappings and its thread's ties; free its view and repr."""
         self.objects.unmap_all(proc)
+        gates.table(self).process_exit(proc)
         self.objects.lazy.process_exit(proc)
         kso.root_detach(self.root, proc.thread_id)
         for oid in (proc.thread_id, proc.view_id):

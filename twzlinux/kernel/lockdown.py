@@ -21,6 +21,9 @@ _ROOT = os.geteuid() == 0
 
 def hide_inode(backing: Backing) -> None:
     if _ROOT and not getattr(backing, "hidden_inode", False):
-        os.fchown(backing.fd, NOBODY, NOBODY)
-        os.fchmod(backing.fd, 0)
+        try:
+            os.fchown(backing.fd, NOBODY, NOBODY)
+            os.fchmod(backing.fd, 0)
+        except PermissionError:
+            pass  # root without CAP_CHOWN (a kernel core run inside a program): as non-root
         backing.hidden_inode = True

@@ -149,6 +149,12 @@ __extension__ typedef unsigned __int128 objid_t;
 #define ENOFOT 0x3EA
 #define TWZ_FAULT_EXIT_BASE 0x70
 #define OBJ_DATA_SIZE 0x3DFFF000
+#define TWZ_GATE_OFFSET 0x1200
+#define TWZ_GATE_SIZE 0x20
+#define LX_GATE_SERVE 1
+#define LX_GATE_WAIT 2
+#define LX_GATE_RETURN 3
+#define LX_GATE_CALL 4
 
 /* twzlinux.abi.slots */
 #define WINDOW_START 0x400
@@ -225,6 +231,7 @@ __extension__ typedef unsigned __int128 objid_t;
 #define SYS_LX_OBJFD 0x100
 #define SYS_LX_UFFD 0x120
 #define SYS_LX_MAPPED 0x121
+#define SYS_LX_GATE 0x130
 #define NUM_SYSCALLS 24
 
 
@@ -699,6 +706,14 @@ static inline long sys_lx_uffd(int fd)
 static inline long sys_lx_mapped(void *base, objid_t id)
 {
 	return twz_syscall6(TWZ_LINUX_NR(SYS_LX_MAPPED), (long)(uintptr_t)base, (long)ID_LO(id), (long)ID_HI(id), 0, 0, 0);
+}
+
+/* Secure gates through a service process (twzlinux/kernel/gates.py): SERVE a gate object, WAIT
+ * for the next call, RETURN its value; CALL a gate at a slot offset with four u64 arguments,
+ * run under the gate owner's security context. */
+static inline long sys_lx_gate(int op, objid_t gate, uint64_t a1, uint64_t a2, uint64_t a3)
+{
+	return twz_syscall6(TWZ_LINUX_NR(SYS_LX_GATE), (long)op, (long)ID_LO(gate), (long)ID_HI(gate), (long)a1, (long)a2, (long)a3);
 }
 
 #endif /* TWZ_SYS_H */
