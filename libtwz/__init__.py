@@ -14,9 +14,12 @@ from .errors import (FaultException, FaultNull, FaultObject, FaultPage, FaultPpt
 from .ids import ObjID
 from .object import Object, stat
 from .runtime import init_from_env as _init_from_env
+from .sync import Mutex, event_clear, event_poll, event_wait, event_wake, sleep, thread_sync, wake
+from .thread import Thread, View
 
 _init_from_env()
 
 __all__ = ["Object", "ObjID", "TwzError", "TwzFault", "FaultObject", "FaultNull",
            "FaultException", "FaultSctx", "FaultPage", "FaultPptr", "FaultSignal", "names",
-           "stat", "sys"]
+           "stat", "sys", "Thread", "View", "Mutex", "thread_sync", "sleep", "wake",
+           "event_wait", "event_wake", "event_clear", "event_poll"]

@@ -118,6 +118,9 @@ def init_from_env() -> bool:
     r = lib.twz_rt_init(view.lo, view.hi)
     if r < 0:
         raise syscall_error(-r, f"cannot set up the Twizzler address space (view {view})")
+    r = lib.twz_thread_adopt_env()  # the first thread's repr, found through gs (twz/thread.h)
+    if r < 0:
+        raise syscall_error(-r, f"cannot map this thread's repr ({os.environ.get('TWZ_THREAD')})")
     signal.signal(FAULT_SIGNUM, _on_fault_signal)
     lib.twz_rt_set_fault_signal(FAULT_SIGNUM)
     _fault.install()

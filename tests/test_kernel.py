@@ -157,7 +157,7 @@ def test_registers_are_taken_as_u64(k, proc, mem):
     assert k.syscall(proc, BY_NAME["DEBUG_PRINT"].linux_nr, regs, mem) == 0
 
 
-@pytest.mark.parametrize("name", ["VMAP", "THRD_SPAWN", "THRD_SYNC", "BECOME",
+@pytest.mark.parametrize("name", ["VMAP", "THRD_SYNC", "BECOME",
                                   "KQUEUE", "OCREATE2"])
 def test_entries_without_handler_are_enosys(k, proc, mem, name):
     with pytest.raises(SyscallError) as ei:

@@ -99,6 +99,9 @@ THRD_CTL_SET_FS = 1
 THRD_CTL_SET_GS = 2
 THRD_CTL_SET_IOPL = 3
 THRD_CTL_EXIT = 0x100
+THRD_SYNCPOINTS = 128
+# personality: the exit code a thread reports when its process died before the thread exited
+THRD_EXIT_LOST = (1 << 64) - 1
 
 DEBUG_PRINT_MAX = 1024
 

@@ -161,6 +161,13 @@ TABLE = (
             doc="Secure gates through a service process (twzlinux/kernel/gates.py): SERVE a gate "
                 "object, WAIT for the next call, RETURN its value; CALL a gate at a slot offset "
                 "with four u64 arguments, run under the gate owner's security context."),
+    Syscall(LX_BASE + 0x10, "LX_THRD_EXIT", (_id("tid"), _int("code")), personality=True,
+            doc="The runtime's end of a thread: twzd stores `code` in the repr's "
+                "syncinfos[THRD_SYNC_EXIT], sets syncs[THRD_SYNC_EXIT], wakes its sleepers and "
+                "detaches the thread from the root KSO (docs/threads.md)."),
+    Syscall(LX_BASE + 0x11, "LX_THRD_HOST", (_id("tid"),), personality=True,
+            doc="Called by a process forked to run thread `tid`, spawned into another view: "
+                "twzd makes the caller a process of that view running that thread."),
 )
 
 BY_NR = {s.nr: s for s in TABLE}

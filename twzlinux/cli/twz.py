@@ -2,6 +2,7 @@
 
   twz [--home DIR] daemon status|start|stop
   twz cflags            compiler flags for native programs (the twz/*.h include directory)
+  twz [--home DIR] ps   the live Twizzler threads (the root KSO's): Linux pid, ID, view, name
   twz [--home DIR] key|object|cap|sctx ...   keys, capabilities, security contexts
                         (twzlinux/cli/twzsec.py, docs/security.md)
 """
@@ -47,6 +48,19 @@ def _stop(home) -> int:
     return 0
 
 
+def _ps(home) -> int:
+    conn = client.try_connect(home)
+    if conn is None:
+        print(f"twzd is not running for {home}")
+        return 3
+    threads = conn.request({"op": "ps"})["threads"]
+    conn.close()
+    print(f"{'PID':>7}  {'THREAD':33}  {'VIEW':33}  NAME")
+    for t in threads:
+        print(f"{t['pid'] or '-':>7}  {t['id']}  {t['view']}  {t['name']}")
+    return 0
+
+
 def _start(home) -> int:
     conn = client.start(home)
     print(f"twzd running for {home} (pid {conn.hello.get('pid')}, log {home}/twzd.log)")
@@ -62,6 +76,7 @@ def main(argv=None) -> int:
     d = sub.add_parser("daemon", help="the twzd for the home directory")
     d.add_argument("action", choices=("status", "start", "stop"))
     sub.add_parser("cflags", help="print compiler flags for native Twizzler programs")
+    sub.add_parser("ps", help="list the live Twizzler threads with their views and names")
     twzsec.add_parsers(sub)
     opts = ap.parse_args(argv)
     if opts.command == "cflags":
@@ -72,6 +87,8 @@ def main(argv=None) -> int:
     try:
         if opts.command in twzsec.COMMANDS:
             return twzsec.run(opts, home)
+        if opts.command == "ps":
+            return _ps(home)
         return {"status": _status, "start": _start, "stop": _stop}[opts.action](home)
     except (client.ClientError, OSError) as e:
         print(f"twz: {e}", file=sys.stderr)

@@ -129,16 +129,33 @@ class Listener:
                 self.trace(tid, format_call(tid, nr, regs, result))
             self._answer(notif_id, result)
 
+    def _process_of(self, tid: int):
+        """The caller's kernel record: a process forked to host a thread in another view has its
+        own (kernel.hosted); every other thread of the filter's family is the program's."""
+        hosted = self.kernel.hosted
+        if not hosted or tid == self.proc.pid:
+            return self.proc
+        proc = hosted.get(tid)
+        if proc is None:
+            try:
+                with open(f"/proc/{tid}/status", "rb") as f:
+                    tgid = next(int(ln.split()[1]) for ln in f if ln.startswith(b"Tgid:"))
+            except (OSError, StopIteration, ValueError):
+                return self.proc
+            proc = hosted.get(tgid, self.proc)
+        return proc
+
     def _call(self, tid, nr, regs, mem):
         if nr < SYSCALL_BASE:
             return -policy.REFUSAL_ERRNO  # a refused Linux call, sent here only under --trace
-        if self.exited:
+        proc = self._process_of(tid)
+        if self.exited and proc is self.proc:
             # A descendant outlived the process whose record the call would act on.
             log.info("pid %s exited; its descendant %s made syscall %#x: ESRCH",
                      self.proc.pid, tid, nr)
             return -errno.ESRCH
         try:
-            result = self.kernel.syscall(self.proc, nr, regs, mem)
+            result = self.kernel.syscall(proc, nr, regs, mem, tid=tid)
             if isinstance(result, (int, FdResult, Deferred)) and not isinstance(result, bool):
                 return result
             raise TypeError(f"Kernel.syscall returned {result!r}, not an int or FdResult")

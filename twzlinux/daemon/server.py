@@ -250,6 +250,8 @@ class Daemon:
             return {"stopping": True, "programs": len(self.programs)}
         if op == "spawn":
             return self._spawn(conn, msg, fds)
+        if op == "ps":
+            return {"threads": self.kernel.threads.listing()}
         if op == "sec":
             return secops.handle(self.kernel, msg)
         if op == "signal":
@@ -263,7 +265,7 @@ class Daemon:
                 return {"signalled": None}  # it raced the program's exit: nothing to signal
             raise RequestError("signal: this connection runs no program")
         raise RequestError(f"unknown request {op!r} (twzd speaks protocol "
-                           f"{protocol.PROTOCOL_VERSION}: hello, status, stop, spawn, signal)")
+                           f"{protocol.PROTOCOL_VERSION}: hello, status, stop, spawn, signal, ps)")
 
     def _spawn(self, conn: Connection, msg: dict, fds: list) -> dict:
         if self.stopping:
@@ -350,6 +352,16 @@ class Daemon:
         if prog is not None:
             prog.write_stderr(data)
 
+    def _watch_host(self, proc) -> None:
+        """A process forked to host a thread: its exit ends the thread (kernel.process_exit)."""
+        pidfd = os.pidfd_open(proc.pid)
+
+        def gone():
+            self.loop.remove_reader(pidfd)
+            os.close(pidfd)
+            self.kernel.process_exit(proc)
+        self.loop.add_reader(pidfd, self.guard(gone))
+
     # --- life cycle ---------------------------------------------------------------------------
 
     def _on_accept(self) -> None:
@@ -378,6 +390,7 @@ class Daemon:
         _raise_map_count()
         self.loop = uvloop.new_event_loop()
         self.kernel = Kernel(self.home, self._console)
+        self.kernel.on_host = self._watch_host
         self.kernel.objects.lazy.port = UffdPort(self.loop, self.kernel.objects.lazy)
         self.kernel.control = Control(self)
         if self.sock_path.exists() or self.sock_path.is_symlink():

@@ -20,6 +20,7 @@ from .errors import FdResult, MemoryAccess, SyscallError
 from .objects import ObjectTable
 from .store import Store
 from .syscalls import HANDLERS
+from .threads import Threads
 
 __all__ = ["Kernel", "Process", "FdResult", "MemoryAccess", "SyscallError"]
 
@@ -36,6 +37,7 @@ class Process:
     thread_id: int
     root_namespace: int
     pid: int | None = None  # set by the daemon once the Linux process exists
+    owned: bool = True  # its view and repr are the kernel's, made for it (not a thread host)
     ctx: Contexts = field(default_factory=Contexts)  # attached security contexts (access.py)
 
     def env(self) -> dict[str, str]:
@@ -68,6 +70,10 @@ class Kernel:
                                         fixed_id=c.KSO_ROOT_ID, kernel=True)
         kso.set_name(self.root, "root")
         self.root_namespace = self._root_namespace()
+        self.threads = Threads(self)
+        self.hosted: dict[int, Process] = {}  # pid -> a process forked to host a thread
+        self.on_host: Callable[[Process], None] = lambda proc: None  # the daemon watches it
+        self.caller: int | None = None  # Linux tid of the current syscall's caller
         self.access = Access(self.objects)
         # the daemon's adapter for acting on Linux threads (twzlinux.daemon.control)
         self.control = None
@@ -102,11 +108,19 @@ class Kernel:
         kso.set_name(view, "view")
         thread = self.objects.create(0, _kso_flags(c.KSO_THREAD, _KSO_FLAGS), kernel=True)
         kso.set_name(thread, "thread")
-        kso.write_reprid(thread)
-        kso.root_attach(self.root, thread)
         proc = Process(view.id, thread.id, self.root_namespace)
         for ctx in sctxs:
             self.access.attach(proc.ctx, ctx)
+        self.threads.add(thread, view.id, proc, proc)
+        return proc
+
+    def host_process(self, view_id: int, thread_id: int, pid: int, spawner: Process) -> Process:
+        """Process `pid`, forked by `spawner`, now runs thread_id in view_id (with the spawner's
+        security contexts, as THRD_SPAWN gives a thread its creator's)."""
+        proc = Process(view_id, thread_id, self.root_namespace, pid=pid, owned=False,
+                       ctx=spawner.ctx.inherit())
+        self.hosted[pid] = proc
+        self.on_host(proc)
         return proc
 
     def process_exit(self, proc: Process) -> None:
@@ -114,16 +128,20 @@ class Kernel:
         self.objects.unmap_all(proc)
         gates.table(self).process_exit(proc)
         self.objects.lazy.process_exit(proc)
-        kso.root_detach(self.root, proc.thread_id)
-        for oid in (proc.thread_id, proc.view_id):
+        self.threads.process_exit(proc)
+        if self.hosted.get(proc.pid) is proc:
+            del self.hosted[proc.pid]
+        for oid in (proc.thread_id, proc.view_id) if proc.owned else ():
             obj = self.objects.lookup(oid, hidden=True)
             if obj is not None:
                 self.objects.drop_ties(obj)
                 self.objects.delete(obj, immediate=True)
 
     def syscall(self, proc: Process, linux_nr: int, regs: list[int],
-                mem: MemoryAccess) -> int | FdResult:
-        """Run one Twizzler syscall. Raises only SyscallError (ENOSYS for unknown numbers)."""
+                mem: MemoryAccess, tid: int | None = None) -> int | FdResult:
+        """Run one Twizzler syscall for thread `tid` of proc. Raises only SyscallError (ENOSYS
+        for unknown numbers)."""
+        self.caller = tid
         call = lookup_linux_nr(linux_nr)
         handler = HANDLERS.get(call.name) if call else None
         if handler is None:

@@ -25,7 +25,7 @@ def _attachment_offset(i: int) -> int:
     return _BASE + s.ROOT_ATTACHED + s.KSO_ATTACHMENT.size * i
 
 
-def _attachment_ids(root: Obj) -> list[int]:
+def attachment_ids(root: Obj) -> list[int]:
     count = int.from_bytes(root.backing.pread(_BASE + s.ROOT_COUNT, _U64), "little")
     raw = root.backing.pread(_attachment_offset(0), s.KSO_ATTACHMENT.size * count)
     return [s.id_unpack(raw[i:i + 16]) for i in range(0, len(raw), s.KSO_ATTACHMENT.size)]
@@ -33,7 +33,7 @@ def _attachment_ids(root: Obj) -> list[int]:
 
 def root_attach(root: Obj, child: Obj) -> None:
     """Record `child` in kso_root_repr.attached[], reusing a cleared entry before growing."""
-    ids = _attachment_ids(root)
+    ids = attachment_ids(root)
     slot = ids.index(0) if 0 in ids else len(ids)
     root.backing.pwrite(_attachment_offset(slot),
                         s.KSO_ATTACHMENT.pack(s.id_pack(child.id), 0, child.kso_type, 0))
@@ -43,6 +43,6 @@ def root_attach(root: Obj, child: Obj) -> None:
 
 def root_detach(root: Obj, child_id: int) -> None:
     """Clear child's entry, as Twizzler does when a thread exits (`count` stays)."""
-    for i, oid in enumerate(_attachment_ids(root)):
+    for i, oid in enumerate(attachment_ids(root)):
         if oid == child_id:
             root.backing.pwrite(_attachment_offset(i), bytes(s.KSO_ATTACHMENT.size))

@@ -41,6 +41,32 @@ uint64_t twz_rt_cas64(uint64_t *p, uint64_t expected, uint64_t desired);
 uint64_t twz_rt_fetch_add64(uint64_t *p, uint64_t v);
 uint64_t twz_rt_fetch_or64(uint64_t *p, uint64_t v);
 uint64_t twz_rt_fetch_and64(uint64_t *p, uint64_t v);
+
+struct sys_thread_sync_args { uint64_t *addr; uint64_t arg; uint64_t res; uint64_t __resv;
+                              uint32_t op; uint32_t flags; };
+struct timespec { long tv_sec; long tv_nsec; ...; };
+long twz_thread_sync_multiple(size_t count, struct sys_thread_sync_args *args,
+                              const struct timespec *timeout);
+long twz_thread_sync(int op, uint64_t *addr, uint64_t val, const struct timespec *timeout);
+void *twz_thread_repr_base(void);
+int twz_thread_set_repr_slot(long slot);
+long twz_thread_exited(uint64_t code);
+int twz_thread_adopt_env(void);
+int twz_rt_enter_view(uint64_t view_lo, uint64_t view_hi);
+uint64_t twz_reset_code(void);
+struct mutex { uint64_t sleep; uint64_t resetcode; };
+void mutex_init(struct mutex *m);
+void mutex_acquire(struct mutex *m);
+int mutex_try_acquire(struct mutex *m);
+void mutex_release(struct mutex *m);
+struct evhdr { uint64_t point; };
+struct event { struct evhdr *hdr; uint64_t events; uint64_t result; uint64_t __resv[2];
+               uint64_t flags; };
+void event_init(struct event *ev, struct evhdr *hdr, uint64_t events);
+int event_wait(size_t count, struct event *ev, const struct timespec *timeout);
+int event_wake(struct evhdr *hdr, uint64_t events, long wcount);
+uint64_t event_clear(struct evhdr *hdr, uint64_t events);
+uint64_t event_poll(struct evhdr *hdr, uint64_t events);
 """
 
 # The one translation unit that holds the runtime's implementation in the extension.

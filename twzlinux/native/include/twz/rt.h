@@ -95,6 +95,8 @@ uint64_t twz_rt_fetch_and64(uint64_t *p, uint64_t v);
 #include <twz/fault.h> /* fault-info structures, twz_fault_set, the view's fault handlers */
 #include <twz/become.h> /* twz_rt_become: BECOME with the view switch */
 
+#include <twz/thread.h> /* threads, thread_sync, mutexes, events */
+
 #ifdef TWZ_RT_IMPLEMENTATION
 
 #include <errno.h>
@@ -613,6 +615,8 @@ static void twz_rt_uffd_handover(void)
 	close((int)fd);
 }
 
+static int twz_thread_install(void); /* twz/thread.h: serves the trapped THRD_SYNC/THRD_CTL */
+
 int twz_rt_reserve_window(void)
 {
 	if(twz_rt.reserved)
@@ -627,6 +631,8 @@ int twz_rt_reserve_window(void)
 		return -EEXIST;
 	}
 	int r = twz_rt_install_handlers();
+	if(r == 0)
+		r = twz_thread_install();
 	if(r < 0) {
 		munmap(want, TWZ_RT_WINDOW_BYTES);
 		return r;
@@ -926,6 +932,8 @@ __attribute__((constructor)) static void twz_rt_from_env(void)
 		ok = *end == '\0';
 	}
 	int r = ok ? twz_rt_init(lo, hi) : -EINVAL;
+	if(r == 0)
+		r = twz_thread_adopt_env();
 	if(r < 0) {
 		fprintf(stderr, "twz: cannot set up the address space for view %s: %s\n", text, strerror(-r));
 		_exit(127);
@@ -933,5 +941,7 @@ __attribute__((constructor)) static void twz_rt_from_env(void)
 }
 #endif
 
+#define TWZ_THREAD_IMPLEMENTATION
+#include <twz/thread.h> /* its implementation, which uses the runtime's internals above */
 #endif /* TWZ_RT_IMPLEMENTATION */
 #endif /* TWZ_RT_H */

@@ -98,6 +98,8 @@ __extension__ typedef unsigned __int128 objid_t;
 #define THRD_CTL_SET_GS 2
 #define THRD_CTL_SET_IOPL 3
 #define THRD_CTL_EXIT 0x100
+#define THRD_SYNCPOINTS 0x80
+#define THRD_EXIT_LOST 0xFFFFFFFFFFFFFFFFULL
 #define DEBUG_PRINT_MAX 0x400
 #define KSO_NONE 0
 #define KSO_VIEW 1
@@ -232,6 +234,8 @@ __extension__ typedef unsigned __int128 objid_t;
 #define SYS_LX_UFFD 0x120
 #define SYS_LX_MAPPED 0x121
 #define SYS_LX_GATE 0x130
+#define SYS_LX_THRD_EXIT 0x110
+#define SYS_LX_THRD_HOST 0x111
 #define NUM_SYSCALLS 24
 
 
@@ -714,6 +718,21 @@ static inline long sys_lx_mapped(void *base, objid_t id)
 static inline long sys_lx_gate(int op, objid_t gate, uint64_t a1, uint64_t a2, uint64_t a3)
 {
 	return twz_syscall6(TWZ_LINUX_NR(SYS_LX_GATE), (long)op, (long)ID_LO(gate), (long)ID_HI(gate), (long)a1, (long)a2, (long)a3);
+}
+
+/* The runtime's end of a thread: twzd stores `code` in the repr's syncinfos[THRD_SYNC_EXIT],
+ * sets syncs[THRD_SYNC_EXIT], wakes its sleepers and detaches the thread from the root KSO
+ * (docs/threads.md). */
+static inline long sys_lx_thrd_exit(objid_t tid, long code)
+{
+	return twz_syscall6(TWZ_LINUX_NR(SYS_LX_THRD_EXIT), (long)ID_LO(tid), (long)ID_HI(tid), (long)code, 0, 0, 0);
+}
+
+/* Called by a process forked to run thread `tid`, spawned into another view: twzd makes the
+ * caller a process of that view running that thread. */
+static inline long sys_lx_thrd_host(objid_t tid)
+{
+	return twz_syscall6(TWZ_LINUX_NR(SYS_LX_THRD_HOST), (long)ID_LO(tid), (long)ID_HI(tid), 0, 0, 0, 0);
 }
 
 #endif /* TWZ_SYS_H */

@@ -1,0 +1,206 @@
+"""Twizzler threads and views for Python programs (reference §3.5, §4.3; docs/threads.md).
+
+    t = libtwz.Thread(work, args=(obj,), view=libtwz.View.clone())
+    t.start()
+    code = t.join()
+
+A thread is a repr object (Twizzler's twzthread_repr) that twzd makes live with THRD_SPAWN. In
+the caller's view it runs as a Python thread of this process; in another view, in a process
+forked for it that maps that view instead (a clone of this one keeps every handle valid) and
+registers with twzd (LX_THRD_HOST). Either way `join` sleeps on the repr's EXIT sync point, so
+any process can wait for any thread. The exit code is the target's int return value (0 for
+anything else, 1 for an uncaught exception, SystemExit's code).
+"""
+
+import os
+import struct
+import sys
+import threading
+import traceback
+
+from twzlinux.abi import constants as c
+from twzlinux.abi import structs as st
+
+from . import runtime as rt
+from . import sys as tsys
+from .errors import TwzError, syscall_error
+from .ids import ObjID
+from .object import Object
+
+_SPAWN_ARGS = struct.Struct("<16sQQQQQQ")  # struct sys_thrd_spawn_args
+_EXIT_WORD = c.OBJ_NULLPAGE_SIZE + st.THRD_SYNCS + 8 * st.THRD_SYNC_EXIT
+_EXIT_CODE = c.OBJ_NULLPAGE_SIZE + st.THRD_SYNCINFOS + 8 * st.THRD_SYNC_EXIT
+_RW = c.FE_READ | c.FE_WRITE
+_VIEW_FLAGS = (c.MIP_DFL_READ | c.MIP_DFL_WRITE | c.MIP_DFL_USE) | c.KSO_VIEW << c.OC_KSO_SHIFT
+
+
+class View:
+    """A view KSO: an address space that threads run in."""
+
+    _current = None
+
+    def __init__(self, oid: int):
+        self.id = ObjID(oid)
+
+    def __repr__(self):
+        return f"<libtwz.View {self.id}>"
+
+    def __eq__(self, other):
+        return isinstance(other, View) and other.id == self.id
+
+    def __hash__(self):
+        return hash(self.id)
+
+    @classmethod
+    def current(cls) -> "View":
+        rt.require()
+        if cls._current is None:
+            cls._current = View(ObjID.parse(os.environ["TWZ_VIEW"]))
+        return cls._current
+
+    @classmethod
+    def clone(cls) -> "View":
+        """A new view with the current view's entries (Twizzler's twz_view_clone): every object
+        handle of this process names the same object in it. Like an unnamed object it is tied
+        to this program and goes once nothing uses it."""
+        retid = rt.ffi.new("uint8_t[16]")
+        tsys.sys_ocreate(0, cls.current().id, _VIEW_FLAGS, int(rt.ffi.cast("uintptr_t", retid)))
+        oid = st.id_unpack(rt.ffi.unpack(rt.ffi.cast("char *", retid), 16))
+        tsys.sys_otie(ObjID.parse(os.environ["TWZ_THREAD"]), oid, 0)
+        tsys.sys_odelete(oid, 0)
+        # The copy may have caught the slot allocator's lock held by one of our threads.
+        with Object._attach(oid, _RW) as v:
+            rt.store64(v.address + c.OBJ_NULLPAGE_SIZE + st.VIEW_LOCK, 0)
+        return View(oid)
+
+
+class Thread:
+    """A Twizzler thread running `target(*args)` in `view` (default: the caller's)."""
+
+    _by_id: dict = {}
+    _lock = threading.Lock()
+
+    def __init__(self, target=None, args=(), view: View | None = None, name: str | None = None):
+        self.target, self.args, self.view, self.name = target, tuple(args), view, name
+        self.repr = None
+        self._pid = None
+        self._pythread = None
+        self._code = None
+
+    def __repr__(self):
+        return f"<libtwz.Thread {self.id if self.repr else 'unstarted'} {self.name or ''}>"
+
+    @property
+    def id(self) -> ObjID:
+        if self.repr is None:
+            raise TwzError("the thread has not been started")
+        return self.repr.id
+
+    def start(self) -> None:
+        """THRD_SPAWN a fresh repr, then run the target in a thread or a forked host."""
+        if self.repr is not None:
+            raise TwzError("a thread can be started only once")
+        rt.require()
+        self.repr = Object.create()
+        if self.name:
+            self.repr.write(c.OBJ_NULLPAGE_SIZE, self.name.encode()[:c.KSO_NAME_MAXLEN - 1] + b"\0")
+        other = self.view is not None and self.view != View.current()
+        args = rt.ffi.new("uint8_t[]", _SPAWN_ARGS.pack(
+            st.id_pack(self.view.id if other else 0), 0, 0, 0, 0, 0, 0))
+        tsys.sys_thrd_spawn(self.repr.id, int(rt.ffi.cast("uintptr_t", args)), 0, 0)
+        with Thread._lock:
+            Thread._by_id[self.repr.id] = self
+        if not other:
+            self._pythread = threading.Thread(target=self._run_here, name=self.name, daemon=True)
+            self._pythread.start()
+            return
+        for f in (sys.stdout, sys.stderr):
+            f.flush()  # or the child would write what is buffered a second time
+        pid = os.fork()
+        if pid == 0:
+            self._run_forked()
+        self._pid = pid
+
+    def _become(self, slot: int) -> None:
+        r = rt.lib.twz_thread_set_repr_slot(slot)
+        if r < 0:
+            raise syscall_error(-r, "setting the thread's gs to its repr")
+
+    def _run_target(self) -> int:
+        try:
+            r = self.target(*self.args) if self.target else 0
+            return r if isinstance(r, int) and not isinstance(r, bool) else 0
+        except SystemExit as e:
+            return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        except BaseException:
+            traceback.print_exc()
+            return 1
+
+    def _run_here(self) -> None:
+        self._become(self.repr.slot)
+        self._finish(self._run_target())
+
+    def _finish(self, code: int) -> None:
+        self._code = code
+        r = rt.lib.twz_thread_exited(code & 0xFFFFFFFFFFFFFFFF)
+        if r < 0:
+            print(f"libtwz: thread {self.repr.id} could not report its exit: "
+                  f"{c.errno_name(-r)}", file=sys.stderr)
+
+    def _run_forked(self) -> None:
+        """The host process: enter the view, register, run, exit. Never returns."""
+        code = 127
+        try:
+            view = self.view.id
+            r = rt.lib.twz_rt_enter_view(view.lo, view.hi)
+            if r < 0:
+                raise syscall_error(-r, f"entering view {view}")
+            View._current = self.view
+            tsys.sys_lx_thrd_host(self.repr.id)
+            # The repr was created after the view was cloned: it has no slot there yet.
+            Object._handles.pop((int(self.repr.id), self.repr.perms), None)
+            self.repr = Object._attach(self.repr.id, _RW)
+            self._become(self.repr.slot)
+            code = self._run_target()
+            self._finish(code)
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            for f in (sys.stdout, sys.stderr):
+                try:
+                    f.flush()
+                except Exception:
+                    pass
+            os._exit(code & 0xFF)
+
+    def join(self, timeout=None) -> int | None:
+        """Wait for the thread's end (its EXIT sync point); its exit code, or None on timeout.
+        A thread whose process died before it exited reports c.THRD_EXIT_LOST."""
+        from .sync import sleep
+        if self.repr is None:
+            raise TwzError("the thread has not been started")
+        word = self.repr.address + _EXIT_WORD
+        while not rt.load64(word):
+            if not sleep(self.repr, _EXIT_WORD, 0, timeout) and not rt.load64(word):
+                return None
+        if self._pid is not None:
+            os.waitpid(self._pid, 0)
+            self._pid = None
+        if self._pythread is not None:
+            self._pythread.join()
+        return rt.load64(self.repr.address + _EXIT_CODE)
+
+    @classmethod
+    def current(cls) -> "Thread":
+        """The Twizzler thread running this code, found through gs (its repr's slot address)."""
+        base = rt.lib.twz_thread_repr_base()
+        if base == rt.ffi.NULL:
+            raise TwzError("this Linux thread is not a Twizzler thread (its gs is 0)")
+        addr = int(rt.ffi.cast("uintptr_t", base))
+        tid = ObjID(st.id_unpack(rt.read(addr + st.THRD_REPRID, 16)))
+        with cls._lock:
+            t = cls._by_id.get(tid)
+            if t is None:  # the program's first thread, started by twzd
+                t = cls._by_id[tid] = Thread(name="main")
+                t.repr = Object._attach(tid, _RW)
+            return t
