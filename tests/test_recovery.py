@@ -6,7 +6,7 @@ from twzlinux.abi import constants as c
 from twzlinux.abi import structs as s
 from twzlinux.kernel.core import Kernel
 
-from test_kernel import RW, create, home, mem, objfd, sys  # noqa: F401 (fixtures)
+from test_kernel import BUF, RW, create, home, mem, objfd, sys  # noqa: F401 (fixtures)
 
 P = RW | c.TWZ_SYS_OC_PERSIST_
 
@@ -71,4 +71,17 @@ def test_an_interrupted_creation_leaves_no_object(home, mem):
     assert [p.name for p in (home / "objects").iterdir() if p.name.startswith(".")] == []
     oid = create(k2, k2.new_process(), mem, P)      # the store works on as before
     assert k2.objects.lookup(oid) is not None
+    k2.close()
+
+
+def test_cache_mode_and_copy_source_survive_a_crash(home, mem):
+    k = restart(home)
+    proc = k.new_process()
+    src, dest = create(k, proc, mem, P), create(k, proc, mem, P)
+    sys(k, proc, mem, "OCTL", dest, c.OCO_CACHE_MODE, 0, 0x1000, c.OC_CM_WC)
+    mem.write(BUF, s.id_pack(dest) + s.id_pack(src))
+    sys(k, proc, mem, "OCOPY", BUF, BUF + 16, 0x1000, 0x1000, 0x1000, 0)
+    k2 = restart(home)
+    obj = k2.objects.lookup(dest)
+    assert obj.cache_mode == c.OC_CM_WC and obj.source == src
     k2.close()

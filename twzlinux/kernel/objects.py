@@ -87,6 +87,7 @@ class ObjectTable:
                 self.saved.forget(oid)
                 continue
             obj.deleted, obj.hidden, obj.source = saved.deleted, saved.hidden, saved.source
+            obj.cache_mode = saved.cache_mode
         for parent, child, n in self.saved.ties():
             p, ch = (self._objs.get(oid) or self._load(oid) for oid in (parent, child))
             if p is None or ch is None:
@@ -101,9 +102,11 @@ class ObjectTable:
         for obj in list(self._objs.values()):
             self._release(obj)
 
-    def _save(self, obj: Obj) -> None:
+    def remember(self, obj: Obj) -> None:
+        """Record what only twzd knows of a persistent object (after changing source or
+        cache_mode; the table records deletes itself), so that a restart brings it back."""
         if obj.persistent:
-            self.saved.save(obj.id, obj.deleted, obj.hidden, obj.source)
+            self.saved.save(obj.id, obj.deleted, obj.hidden, obj.source, obj.cache_mode)
 
     def _save_tie(self, parent: Obj, child: Obj) -> None:
         if parent.persistent and child.persistent:
@@ -170,7 +173,7 @@ class ObjectTable:
         obj.write_meta(mi)
         if obj.persistent:
             if src is not None:
-                self._save(obj)
+                self.remember(obj)
             self.store.publish(backing)
         self._objs[oid] = obj
         return obj
@@ -179,7 +182,7 @@ class ObjectTable:
         """ODELETE: free now if unreferenced, else when the last reference goes."""
         obj.deleted = True
         obj.hidden = obj.hidden or immediate
-        self._save(obj)
+        self.remember(obj)
         self._release(obj)
         for key in list(obj.mappers):
             left = self._until_prune.get(key, _PRUNE_EVERY) - 1

@@ -1,7 +1,8 @@
 """twzd's own state about persistent objects, kept across restarts in SQLite (WAL).
 
 The object images hold everything a program wrote; what only the kernel knows lives here: an
-object is deleted but still tied, hidden, where its contents came from, and the ties one
+object is deleted but still tied, hidden, where its contents came from, its cache mode, and
+the ties one
 persistent object holds on another. Volatile objects and kernel objects die with twzd and are
 never recorded. Every change is its own SQLite transaction, so a kill -9 of twzd leaves each
 change either done or not; the WAL with synchronous=NORMAL makes that hold across power loss
@@ -17,7 +18,8 @@ CREATE TABLE IF NOT EXISTS objects (
     id TEXT PRIMARY KEY,          -- hi:lo, as the object's file is named
     deleted INTEGER NOT NULL,
     hidden INTEGER NOT NULL,
-    source TEXT                   -- the object its contents were copied from
+    source TEXT,                  -- the object its contents were copied from
+    cache_mode INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS ties (
     parent TEXT NOT NULL,
@@ -33,6 +35,7 @@ class Saved:
     deleted: bool
     hidden: bool
     source: int | None
+    cache_mode: int
 
 
 def _key(oid: int) -> str:
@@ -51,19 +54,24 @@ class SavedState:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(objects)")}
+        if "cache_mode" not in columns:  # a home from before cache modes were kept
+            self.db.execute("ALTER TABLE objects ADD COLUMN cache_mode INTEGER NOT NULL DEFAULT 0")
 
     def objects(self) -> dict[int, Saved]:
-        rows = self.db.execute("SELECT id, deleted, hidden, source FROM objects")
-        return {_oid(k): Saved(bool(d), bool(h), _oid(s) if s else None) for k, d, h, s in rows}
+        rows = self.db.execute("SELECT id, deleted, hidden, source, cache_mode FROM objects")
+        return {_oid(k): Saved(bool(d), bool(h), _oid(s) if s else None, cm)
+                for k, d, h, s, cm in rows}
 
     def ties(self) -> list[tuple[int, int, int]]:
         return [(_oid(p), _oid(c), n) for p, c, n in
                 self.db.execute("SELECT parent, child, n FROM ties")]
 
-    def save(self, oid: int, deleted: bool, hidden: bool, source: int | None) -> None:
-        self.db.execute("INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?)",
+    def save(self, oid: int, deleted: bool, hidden: bool, source: int | None,
+             cache_mode: int) -> None:
+        self.db.execute("INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?, ?)",
                         (_key(oid), int(deleted), int(hidden),
-                         _key(source) if source is not None else None))
+                         _key(source) if source is not None else None, cache_mode))
 
     def set_tie(self, parent: int, child: int, n: int) -> None:
         if n:

@@ -149,6 +149,7 @@ def sys_octl(k, proc, mem, oid, op, a1, a2, a3):
         if a3 not in (c.OC_CM_WB, c.OC_CM_UC, c.OC_CM_WT, c.OC_CM_WC):
             raise SyscallError(EINVAL, "unknown cache mode")
         obj.cache_mode = a3
+        k.objects.remember(obj)
     elif op == c.OCO_MAP:
         _check_data_range(a1, a2)
         if a3:
@@ -208,6 +209,7 @@ def sys_ocopy(k, proc, mem: MemoryAccess, destp, srcp, doff, soff, length, flags
     else:
         k.objects.lazy.copy(dest, doff, src, soff, length)
         dest.source = src.id
+        k.objects.remember(dest)
     return 0
 
 
