@@ -240,3 +240,39 @@ def test_signal_between_processes(daemon, tmp_path):
     finally:
         recv.kill()
     assert (recv.returncode, out) == (0, "got 7 8 9 -10\n"), err
+
+
+def test_signal_to_a_thread_spawned_into_another_view(twzrun):
+    r = twzrun("""
+        import errno, threading, time
+        import libtwz
+        from libtwz import fault
+        from twzlinux.abi import constants as c
+        got = []
+        fault.set_handler(c.FAULT_SIGNAL, lambda e: got.append(e.info))  # the host inherits it
+        def wait_for_signal():
+            while not got:
+                time.sleep(0.001)
+            return sum(got[0])
+        t = libtwz.Thread(wait_for_signal, view=libtwz.View.clone())
+        t.start()
+        for _ in range(2000):
+            try:
+                libtwz.sys.sys_signal(int(t.id), 1, 2, 3, 4)
+                break
+            except libtwz.TwzError as e:  # ENOENT until its host process has registered
+                assert e.errno == errno.ENOENT, e
+                time.sleep(0.005)
+        print("joined", t.join(timeout=30))
+        done = threading.Event()
+        here = libtwz.Thread(lambda: done.wait(30) and 0)  # a Linux thread of this process
+        here.start()
+        try:
+            libtwz.sys.sys_signal(int(here.id), 0, 0, 0, 0)
+        except libtwz.TwzError as e:
+            print("in-process", errno.errorcode[e.errno])
+        done.set()
+        here.join()
+    """)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["joined 10", "in-process ENOTSUP"]

@@ -60,15 +60,19 @@ class Control:
         self.daemon = daemon
 
     def linux_thread(self, thread_id: int) -> tuple[int, int]:
-        """(tgid, tid) of the Linux thread running Twizzler thread `thread_id`.
-
-        A program's first thread is its process's main thread (TWZ_THREAD); threads spawned
-        later are found through the kernel's thread records when they name their Linux thread.
+        """(tgid, tid) of the Linux thread running Twizzler thread `thread_id`: the main thread
+        of the process whose first thread it is (a program's TWZ_THREAD, or a thread spawned
+        into another view, whose host process runs it). A thread spawned into its creator's
+        process is one of that process's Linux threads, which twzd cannot tell apart: ENOTSUP.
         """
-        for prog in self.daemon.programs.values():
-            if prog.running and prog.proc.thread_id == thread_id:
-                return prog.pid, prog.pid
-        raise SyscallError(errno.ENOENT, f"no live thread {id_str(thread_id)}")
+        t = self.daemon.kernel.threads.live.get(thread_id)
+        proc = t.proc if t is not None else None
+        if proc is None or proc.pid is None:
+            raise SyscallError(errno.ENOENT, f"no running thread {id_str(thread_id)}")
+        if proc.thread_id != thread_id:
+            raise SyscallError(errno.ENOTSUP, f"thread {id_str(thread_id)} shares its process "
+                                              "with its creator; twzd cannot signal it alone")
+        return proc.pid, proc.pid
 
     def signal(self, thread_id: int, args: list[int]) -> None:
         tgid, tid = self.linux_thread(thread_id)
