@@ -5,7 +5,8 @@ it owes a source (copy offset, source ID, source offset), and the copy's own ima
 holes there. A page leaves its run ("is settled": the source's page is copied into the copy's
 image) when
 - a process touches it: the copy's mappings trap missing pages to twzd (userfaultfd MISSING),
-  which settles the page (and up to FILL_RUN - 1 owed pages after it) and wakes the process;
+  which settles the page and the owed pages after it (FILL_RUN, doubling up to FILL_MAX while
+  the process reads on in order) and wakes the process;
 - twzd itself reads or writes it: objects involved in lazy copies carry a `LazyBacking`;
 - its source page is about to change: the source's mappings are write-protected (userfaultfd WP)
   while copies owe their pages, and twzd's own writes to a source go through `LazyBacking`, so
@@ -19,7 +20,8 @@ without a userfaultfd, or one that has not said where it mapped the object).
 """
 
 from bisect import bisect_right
-from errno import EPERM
+import os
+from errno import ENXIO, EPERM
 from typing import TYPE_CHECKING, Hashable, Protocol
 
 from twzlinux.abi import constants as c
@@ -32,7 +34,8 @@ if TYPE_CHECKING:
 PAGE = c.PAGE_SIZE
 SLOT = c.OBJ_MAXSIZE
 FILL_RUN = 16 * PAGE      # pages settled per trapped fault: batching is the throughput lever
-_SMALL = 64 * 1024        # settle by pread/pwrite up to this; larger by copy_file_range
+FILL_MAX = 256 * PAGE     # doubled up to this while a process reads on in order (readahead)
+_BUF = bytearray(FILL_MAX)  # one fill at a time: twzd is single-threaded
 _MAPPED = (c.OBJ_NULLPAGE_SIZE, SLOT)  # the part of a slot the runtime maps
 
 
@@ -120,6 +123,7 @@ class LazyCopies:
         self._slots: dict[Hashable, dict[int, int]] = {}   # proc -> slot base -> object
         self._trapped: dict[Hashable, set[int]] = {}       # proc -> registered slot bases
         self._opening: dict[Hashable, set[int]] = {}       # proc -> fds given, not yet mapped
+        self._ahead: dict[Hashable, tuple[int, int]] = {}  # proc -> (next fault addr, run)
 
     # --- queries ------------------------------------------------------------------------------
 
@@ -243,10 +247,24 @@ class LazyCopies:
 
     def _fill(self, oid: int, doff: int, src_id: int, soff: int, n: int) -> None:
         dest, src = self._objs[oid], self._objs[src_id]
-        if n <= _SMALL:
-            dest.backing.raw.pwrite(doff, src.backing.pread(soff, n))
-        else:
+        if n > FILL_MAX:  # walking the extents keeps holes holes, and pays off when large
             dest.backing.raw.copy_from(src.backing, soff, doff, n)
+            return
+        # The fault path: one pread and one pwrite through a reused buffer. Finding where the
+        # data ends (SEEK_HOLE) would walk every page of it, so only a range with no data at all
+        # (SEEK_DATA beyond it) stays a hole.
+        self.settle(src_id, soff, n)  # a source that is itself a copy
+        try:
+            data = os.lseek(src.backing.fd, soff, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno != ENXIO:
+                raise
+            return
+        if data >= soff + n:
+            return
+        view = memoryview(_BUF)[:n]
+        got = os.preadv(src.backing.fd, [view], soff)
+        os.pwrite(dest.backing.fd, view[:got], doff)
 
     def _drop_unowed(self, oid: int) -> None:
         """Forget source links of `oid` that no run uses any more."""
@@ -328,6 +346,7 @@ class LazyCopies:
         self._slots.pop(proc, None)
         self._trapped.pop(proc, None)
         self._opening.pop(proc, None)
+        self._ahead.pop(proc, None)
         if self.port is not None:
             self.port.forget(proc)
 
@@ -360,6 +379,10 @@ class LazyCopies:
         if wp:
             self.release_source(oid, off, PAGE)
             return "unprotect"
-        if self.settle(oid, off, min(FILL_RUN, SLOT - off)):
+        expected, run = self._ahead.get(proc, (None, 0))
+        run = min(run * 2, FILL_MAX) if addr == expected else FILL_RUN
+        run = min(run, SLOT - off)
+        self._ahead[proc] = (addr + run, run)
+        if self.settle(oid, off, run):
             return "wake"
         return "zero"
