@@ -316,10 +316,12 @@ static int twz_rt_resolve(struct twz_fault_record *f, uint32_t access)
 		}
 		return twz_rt_map_entry(f, id, vflags);
 	}
-	/* Mapped, and the mapping refused the access: the view did not grant it (FAULT_OBJECT), or
-	 * it did and the object's permissions did not (twzd gave a narrower fd: FAULT_SCTX). */
+	/* Mapped, and the mapping refused the access: the view did not grant it (FAULT_OBJECT; a
+	 * writable entry grants no exec, W^X), or it did and the object's permissions did not
+	 * (twzd gave a narrower fd: FAULT_SCTX). */
+	uint32_t entry = (vflags & VE_WRITE) ? vflags & ~(uint32_t)VE_EXEC : vflags;
 	uint32_t granted = (access == FAULT_OBJECT_WRITE) ? VE_WRITE : VE_EXEC;
-	f->fault = (vflags & granted) ? FAULT_SCTX : FAULT_OBJECT;
+	f->fault = (entry & granted) ? FAULT_SCTX : FAULT_OBJECT;
 	return 0;
 }
 
