@@ -195,3 +195,26 @@ print(json.dumps(res))
     assert out["reused"]
     assert "freed twice" in out["double"]
     assert out["zero"]
+
+
+WX_PROGRAM = """
+import ctypes, sys, libtwz
+from libtwz import runtime
+from twzlinux.abi import constants as c
+code = libtwz.Object.create(perms=c.MIP_DFL_READ | c.MIP_DFL_WRITE | c.MIP_DFL_EXEC)
+code.write(0x1000, bytes([0xB8, 42, 0, 0, 0, 0xC3]))      # mov eax, 42; ret
+entry = c.VE_READ | c.VE_EXEC | (c.VE_WRITE if sys.argv[1] == "wx" else 0)
+slot = runtime.slot_alloc(int(code.id), entry)
+fn = ctypes.CFUNCTYPE(ctypes.c_int)((slot << 30) + 0x1000)
+print("returned", fn(), flush=True)
+"""
+
+
+def test_w_xor_x(twzrun):
+    rx = twzrun(WX_PROGRAM, "rx")
+    assert rx.returncode == 0, rx.stderr
+    assert rx.stdout.strip() == "returned 42"
+    wx = twzrun(WX_PROGRAM, "wx")       # a writable entry is never executable
+    assert wx.returncode == 112 + c.FAULT_OBJECT, wx.stderr
+    assert "returned" not in wx.stdout
+    assert "FAULT_OBJECT" in wx.stderr
