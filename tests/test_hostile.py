@@ -17,7 +17,7 @@ import uuid
 
 import pytest
 
-from conftest import _as_program, twz_env
+from conftest import _as_program, start_daemon, twz_env
 from twzlinux.abi import constants as c
 from twzlinux.daemon import client
 from twzlinux.kernel import security as sec
@@ -338,6 +338,39 @@ print("made", len(objs))
     assert r.stdout.strip() == "made 1500", r.stderr
     assert_x_intact(world, run)
     assert run("print('alive')").stdout.strip() == "alive"
+
+
+def test_an_object_flood_is_refused_at_the_programs_quota(fresh_home, tmp_path):
+    daemon = start_daemon(fresh_home, extra_env={"TWZ_OBJECT_QUOTA": "300"})
+    try:
+        flood = _as_program("""
+import libtwz
+made = []
+try:
+    while True:
+        made.append(libtwz.Object.create(persist=True))
+except libtwz.TwzError as e:
+    print("refused after", len(made), e)
+for o in made[:10]:
+    o.delete()
+try:
+    libtwz.Object.create(persist=True)
+    print("after deleting: created")
+except libtwz.TwzError as e:
+    print("after deleting:", e)
+""", tmp_path)
+        r = subprocess.run([sys.executable, "-m", "twzlinux.cli.twzrun", flood],
+                           env=twz_env(fresh_home), capture_output=True, text=True, timeout=120)
+        lines = r.stdout.splitlines()
+        assert lines[0].startswith("refused after 300 OCREATE: EDQUOT"), r.stdout + r.stderr
+        assert lines[1] == "after deleting: created"
+        other = subprocess.run([sys.executable, "-m", "twzlinux.cli.twzrun", _as_program(
+            "import libtwz\nprint(len([libtwz.Object.create() for _ in range(50)]))\n",
+            tmp_path)], env=twz_env(fresh_home), capture_output=True, text=True, timeout=60)
+        assert other.stdout.strip() == "50", other.stderr   # twzd serves the others
+    finally:
+        daemon.terminate()
+        daemon.wait(30)
 
 
 def test_unknown_contexts_are_refused_before_the_program_starts(world, run):

@@ -18,6 +18,7 @@ from . import gates  # LX_GATE
 from .access import Access, Contexts
 from .errors import FdResult, MemoryAccess, SyscallError
 from .objects import ObjectTable
+from .quota import Quota
 from .store import Store
 from .syscalls import HANDLERS
 from .threads import Threads
@@ -75,6 +76,7 @@ class Kernel:
         self.on_host: Callable[[Process], None] = lambda proc: None  # the daemon watches it
         self.caller: int | None = None  # Linux tid of the current syscall's caller
         self.access = Access(self.objects)
+        self.quota = Quota(self.objects)
         # the daemon's adapter for acting on Linux threads (twzlinux.daemon.control)
         self.control = None
 

@@ -83,7 +83,9 @@ def sys_ocreate(k, proc, mem: MemoryAccess, kuid, src, flags, retid):
     source = _object(k, src) if src else None
     if source is not None:
         k.access.check(proc.ctx, source, c.MIP_DFL_READ, "OCREATE source")
+    k.quota.check(proc)
     obj = k.objects.create(kuid, flags, source)
+    k.quota.charge(proc, obj.id)
     if retid:
         try:
             mem.write(retid, s.id_pack(obj.id))
