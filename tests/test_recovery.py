@@ -2,6 +2,8 @@
 was never closed, is what twzd's restart after kill -9 sees (the real kill -9 runs in
 test_crash.py). Object creation is atomic: an interrupted one leaves no object behind."""
 
+import pytest
+
 from twzlinux.abi import constants as c
 from twzlinux.abi import structs as s
 from twzlinux.kernel.core import Kernel
@@ -85,3 +87,13 @@ def test_cache_mode_and_copy_source_survive_a_crash(home, mem):
     obj = k2.objects.lookup(dest)
     assert obj.cache_mode == c.OC_CM_WC and obj.source == src
     k2.close()
+
+
+def test_a_corrupt_state_database_is_named_with_what_to_do(home):
+    restart(home).close()
+    (home / "twzd.db").write_bytes(b"not a database" * 100)
+    for leftover in ("twzd.db-wal", "twzd.db-shm"):
+        (home / leftover).unlink(missing_ok=True)
+    with pytest.raises(RuntimeError, match="twzd.db is not a usable twzd state database.*"
+                                           "Move it aside"):
+        restart(home)

@@ -51,12 +51,20 @@ class SavedState:
     def __init__(self, path: Path):
         # isolation_level=None: autocommit, so each statement below is one transaction.
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(_SCHEMA)
-        columns = {row[1] for row in self.db.execute("PRAGMA table_info(objects)")}
-        if "cache_mode" not in columns:  # a home from before cache modes were kept
-            self.db.execute("ALTER TABLE objects ADD COLUMN cache_mode INTEGER NOT NULL DEFAULT 0")
+        try:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(_SCHEMA)
+            columns = {row[1] for row in self.db.execute("PRAGMA table_info(objects)")}
+            if "cache_mode" not in columns:  # a home from before cache modes were kept
+                self.db.execute("ALTER TABLE objects ADD COLUMN cache_mode INTEGER NOT NULL "
+                                "DEFAULT 0")
+        except sqlite3.DatabaseError as e:
+            self.db.close()
+            raise RuntimeError(f"{path} is not a usable twzd state database ({e}). Move it "
+                               "aside to start without it: objects are kept, but those deleted "
+                               "while still in use come back, and ties between persistent "
+                               "objects are forgotten") from e
 
     def objects(self) -> dict[int, Saved]:
         rows = self.db.execute("SELECT id, deleted, hidden, source, cache_mode FROM objects")
