@@ -3,6 +3,8 @@
   twz [--home DIR] daemon status|start|stop
   twz cflags            compiler flags for native programs (the twz/*.h include directory)
   twz [--home DIR] ps   the live Twizzler threads (the root KSO's): Linux pid, ID, view, name
+  twz [--home DIR] stat|snapshot OBJ   an object's pages; a point-in-time copy of it
+                        (twzlinux/cli/twzobj.py, docs/userfaultfd.md)
   twz [--home DIR] key|object|cap|sctx ...   keys, capabilities, security contexts
                         (twzlinux/cli/twzsec.py, docs/security.md)
 """
@@ -10,7 +12,7 @@
 import argparse
 import sys
 
-from twzlinux.cli import twzsec
+from twzlinux.cli import twzobj, twzsec
 from twzlinux.daemon import client, protocol
 
 
@@ -76,6 +78,7 @@ def main(argv=None) -> int:
     d = sub.add_parser("daemon", help="the twzd for the home directory")
     d.add_argument("action", choices=("status", "start", "stop"))
     sub.add_parser("cflags", help="print compiler flags for native Twizzler programs")
+    twzobj.add_parsers(sub)
     sub.add_parser("ps", help="list the live Twizzler threads with their views and names")
     twzsec.add_parsers(sub)
     opts = ap.parse_args(argv)
@@ -87,6 +90,8 @@ def main(argv=None) -> int:
     try:
         if opts.command in twzsec.COMMANDS:
             return twzsec.run(opts, home)
+        if opts.command in twzobj.COMMANDS:
+            return twzobj.run(opts, home)
         if opts.command == "ps":
             return _ps(home)
         return {"status": _status, "start": _start, "stop": _stop}[opts.action](home)

@@ -26,6 +26,7 @@ from twzlinux.daemon.control import Control
 from twzlinux.daemon.seccomp import Listener
 from twzlinux.daemon.trace import TraceDir
 from twzlinux.daemon.uffd import UffdPort
+from twzlinux.daemon import objops
 from twzlinux.daemon import secops
 from twzlinux.kernel.core import Kernel
 
@@ -254,6 +255,8 @@ class Daemon:
             return {"threads": self.kernel.threads.listing()}
         if op == "sec":
             return secops.handle(self.kernel, msg)
+        if op == "obj":
+            return objops.handle(self.kernel, msg)
         if op == "signal":
             signum = msg.get("signal")
             if not isinstance(signum, int) or signum not in signal.valid_signals():
@@ -390,6 +393,7 @@ class Daemon:
         _raise_map_count()
         self.loop = uvloop.new_event_loop()
         self.kernel = Kernel(self.home, self._console)
+        self.kernel.objects.lazy.port = UffdPort(self.loop, self.kernel.objects.lazy)
         self.kernel.on_host = self._watch_host
         self.kernel.objects.lazy.port = UffdPort(self.loop, self.kernel.objects.lazy)
         self.kernel.control = Control(self)

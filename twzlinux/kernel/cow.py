@@ -139,6 +139,10 @@ class LazyCopies:
     def _bases(self, proc, oid: int) -> list[int]:
         return [b for b, o in self._slots.get(proc, {}).items() if o == oid]
 
+    def can_copy_lazily(self, src: "Obj") -> bool:
+        """Whether a volatile copy of src would be lazy (exact at this instant)."""
+        return not src.persistent and self._trappable(src)
+
     def _trappable(self, obj: "Obj") -> bool:
         """Every process that can reach obj's pages is one twzd can trap: it has a uffd, and it
         has said where it mapped each fd it got (a slot since mapped with another object no
