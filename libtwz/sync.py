@@ -17,6 +17,9 @@ from .runtime import ffi, lib
 SLEEP, WAKE = c.THREAD_SYNC_SLEEP, c.THREAD_SYNC_WAKE
 _ETIMEDOUT = 110
 _U64 = (1 << 64) - 1
+# integer addresses straight to C: a cast to a pointer per call would cost more than the futex
+_sleep64, _wake = lib.twz_sync_sleep64, lib.twz_sync_wake
+_load, _store = lib.twz_rt_load64, lib.twz_rt_store64
 
 
 def _word(obj, offset: int, align: int = 8) -> int:
@@ -60,8 +63,9 @@ def thread_sync(ops, timeout=None) -> list[int]:
 def sleep(obj, offset: int, expected: int, timeout=None) -> bool:
     """Sleep while the 64-bit word at `offset` holds `expected`, until woken or `timeout`
     seconds pass. False if the timeout expired; True otherwise (woken, or the word differed)."""
-    r = lib.twz_thread_sync(SLEEP, ffi.cast("uint64_t *", _word(obj, offset)), expected & _U64,
-                            _timespec(timeout))
+    if timeout is not None and timeout < 0:
+        raise ValueError("timeout must be >= 0 seconds")
+    r = _sleep64(_word(obj, offset), expected & _U64, -1 if timeout is None else int(timeout * 1e9))
     if r < 0 and r != -_ETIMEDOUT:
         raise syscall_error(-r, "thread_sync sleep")
     return r != -_ETIMEDOUT
@@ -69,10 +73,40 @@ def sleep(obj, offset: int, expected: int, timeout=None) -> bool:
 
 def wake(obj, offset: int, count: int = -1) -> None:
     """Wake up to `count` sleepers on the word (-1: all)."""
-    r = lib.twz_thread_sync(WAKE, ffi.cast("uint64_t *", _word(obj, offset)), count & _U64,
-                            ffi.NULL)
+    r = _wake(_word(obj, offset), count)
     if r < 0:
         raise syscall_error(-r, "thread_sync wake")
+
+
+class Word:
+    """A 64-bit sync word at `offset` of `obj`, checked once: the fast way to sleep and wake on
+    the same word again and again (a ping-pong, a queue's head)."""
+
+    __slots__ = ("addr", "_p")
+
+    def __init__(self, obj, offset: int):
+        self.addr = _word(obj, offset)
+        self._p = ffi.cast("uint64_t *", self.addr)
+
+    def load(self) -> int:
+        return _load(self._p)
+
+    def store(self, value: int) -> None:
+        _store(self._p, value)
+
+    def sleep(self, expected: int, timeout=None) -> bool:
+        """As `sleep`: False if the timeout expired."""
+        r = _sleep64(self.addr, expected, -1 if timeout is None else int(timeout * 1e9))
+        if r < 0:
+            if r == -_ETIMEDOUT:
+                return False
+            raise syscall_error(-r, "thread_sync sleep")
+        return True
+
+    def wake(self, count: int = -1) -> None:
+        r = _wake(self.addr, count)
+        if r < 0:
+            raise syscall_error(-r, "thread_sync wake")
 
 
 class Mutex:

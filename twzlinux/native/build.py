@@ -48,6 +48,8 @@ struct timespec { long tv_sec; long tv_nsec; ...; };
 long twz_thread_sync_multiple(size_t count, struct sys_thread_sync_args *args,
                               const struct timespec *timeout);
 long twz_thread_sync(int op, uint64_t *addr, uint64_t val, const struct timespec *timeout);
+long twz_sync_sleep64(uintptr_t addr, uint64_t expected, int64_t timeout_ns);
+long twz_sync_wake(uintptr_t addr, long count);
 void *twz_thread_repr_base(void);
 int twz_thread_set_repr_slot(long slot);
 long twz_thread_exited(uint64_t code);

@@ -33,6 +33,10 @@ long twz_thread_sync_multiple(size_t count, struct sys_thread_sync_args *args,
 /* One op on a 64-bit word (twz_thread_sync) or a 32-bit one (twz_thread_sync32). */
 long twz_thread_sync(int op, uint64_t *addr, uint64_t val, const struct timespec *timeout);
 long twz_thread_sync32(int op, uint32_t *addr, uint32_t val, const struct timespec *timeout);
+/* For callers that hold addresses as integers (libtwz): one sleep on a 64-bit word with a
+ * timeout in nanoseconds (< 0: none), and one wake of up to `count` sleepers (< 0: all). */
+long twz_sync_sleep64(uintptr_t addr, uint64_t expected, int64_t timeout_ns);
+long twz_sync_wake(uintptr_t addr, long count);
 
 /* The calling thread's repr (gs base + OBJ_NULLPAGE_SIZE), or NULL outside a Twizzler thread. */
 void *twz_thread_repr_base(void);
@@ -241,6 +245,17 @@ long twz_thread_sync32(int op, uint32_t *addr, uint32_t val, const struct timesp
 	struct sys_thread_sync_args a = { .addr = (uint64_t *)addr, .arg = val, .op = (uint32_t)op,
 		                              .flags = THREAD_SYNC_32BIT };
 	return twz_thread_sync_multiple(1, &a, timeout);
+}
+
+long twz_sync_sleep64(uintptr_t addr, uint64_t expected, int64_t timeout_ns)
+{
+	struct timespec ts = { timeout_ns / 1000000000, timeout_ns % 1000000000 };
+	return twz_thread_sync(THREAD_SYNC_SLEEP, (uint64_t *)addr, expected, timeout_ns < 0 ? NULL : &ts);
+}
+
+long twz_sync_wake(uintptr_t addr, long count)
+{
+	return twz_thread_sync(THREAD_SYNC_WAKE, (uint64_t *)addr, (uint64_t)count, NULL);
 }
 
 /* ---- the calling thread's repr ------------------------------------------------------------- */
