@@ -10,12 +10,12 @@ from conftest import twz_env
 SOURCE = Path(__file__).resolve().parent / "native" / "become.c"
 
 
-def _build(tmp_path):
+def _build(tmp_path, flags=()):
     from twzlinux.native import INCLUDE_DIR
 
     exe = tmp_path / "become"
     subprocess.run(["gcc", "-O2", "-Wall", "-Werror", f"-I{INCLUDE_DIR}", "-o", str(exe),
-                    str(SOURCE)], check=True)
+                    str(SOURCE), *flags], check=True)
     return exe
 
 
@@ -41,3 +41,12 @@ def test_become_is_traced(daemon, tmp_path):
     assert r.returncode == 0, r.stderr
     becomes = [line for line in r.stderr.splitlines() if "] BECOME(" in line]
     assert [line.rsplit(" = ", 1)[1] for line in becomes] == ["-1 EINVAL", "-1 EFAULT", "0"]
+
+
+def test_a_second_thread_becomes_and_a_racing_exit_leaves_twzd_serving(twzrun, tmp_path):
+    exe = _build(tmp_path, ("-pthread",))
+    r = twzrun(exe, "thread")
+    assert (r.returncode, r.stdout) == (0, "thread became: a=7\n"), r.stderr
+    for _ in range(20):
+        assert twzrun(exe, "race").returncode == 5
+    assert twzrun("print('serving')").stdout == "serving\n"

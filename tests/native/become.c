@@ -1,9 +1,12 @@
-/* BECOME into another entry point in another view (tests/test_become.py). */
+/* BECOME into another entry point in another view (tests/test_become.py). Modes: (none), thread
+ * (a second thread becomes, no view change), race (a thread becomes while the process exits). */
 #define TWZ_RT_IMPLEMENTATION
 #include <twz/rt.h>
 
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #define SHARED_SLOT 0x10100UL /* named in both views */
 #define OLD_SLOT 0x10101UL    /* named only in the old view */
@@ -40,6 +43,24 @@ static void entry(long a, long b)
 	_exit(3);
 }
 
+static void thread_entry(long a)
+{
+	printf("thread became: a=%ld\n", a);
+	fflush(stdout);
+	_exit(0);
+}
+
+static void *become_from_thread(void *arg)
+{
+	struct sys_become_args args;
+	memset(&args, 0, sizeof(args));
+	args.target_rip = (uint64_t)(uintptr_t)thread_entry;
+	args.rdi = (uint64_t)(uintptr_t)arg;
+	args.rsp = (uint64_t)(uintptr_t)(stack + sizeof(stack) - 8);
+	printf("BECOME returned %ld\n", twz_rt_become(&args));
+	return NULL;
+}
+
 static objid_t object(const char *text)
 {
 	objid_t id;
@@ -51,6 +72,14 @@ static objid_t object(const char *text)
 int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IONBF, 0);
+	if(argc > 1) {
+		pthread_t t;
+		pthread_create(&t, NULL, become_from_thread, (void *)7L);
+		if(!strcmp(argv[1], "race"))
+			_exit(5); /* the becoming thread dies with the process, maybe before it stops */
+		pthread_join(t, NULL);
+		return 1;
+	}
 	objid_t shared = object(NULL), old_only = object(NULL), view;
 	twz_rt_view_set(SHARED_SLOT, ID_LO(shared), ID_HI(shared), VE_READ | VE_WRITE);
 	twz_rt_view_set(OLD_SLOT, ID_LO(old_only), ID_HI(old_only), VE_READ | VE_WRITE);

@@ -7,6 +7,7 @@ Its stdin, stdout, stderr, cwd and environment are twzrun's. twzrun forwards SIG
 SIGHUP and SIGQUIT to it and exits with its status (128+n if signal n killed it).
 --trace writes a line per Twizzler system call and per refused Linux call, decoded, to the
 program's stderr; --trace-dir DIR writes them to DIR/trace.TID instead, one file per thread.
+(THRD_SYNC and THRD_CTL are served inside the program, never by twzd, and are not traced.)
 --sctx CONTEXT (an ID or a name; repeatable) runs it under those security contexts, the first
 active (docs/security.md); without it, objects grant their default permissions.
 """

@@ -102,24 +102,27 @@ class Control:
         except OSError as e:
             self._detach(tid)
             raise SyscallError(errno.ESRCH, f"thread {tid}: {e.strerror}") from None
-        self.daemon.loop.call_soon(self.daemon.guard(lambda: self._finish(tid, rip, regs)))
-
-    def _finish(self, tid: int, rip: int, regs: dict) -> None:
         deadline = time.monotonic() + BECOME_STOP_WAIT
-        while True:
-            try:
-                # WSTOPPED without WEXITED: an exit is left for the pidfd watcher to reap
-                stopped = os.waitid(os.P_PID, tid, os.WSTOPPED | os.WNOHANG | WALL)
-            except ChildProcessError:
-                return  # gone: nothing to become
-            if stopped is not None:
-                break
-            if time.monotonic() > deadline:
-                log.warning("BECOME: thread %d did not stop within %.0f s; left as it was",
-                            tid, BECOME_STOP_WAIT)
-                self._detach(tid)
+        self.daemon.loop.call_soon(self._finish, tid, rip, regs, deadline)
+
+    def _finish(self, tid: int, rip: int, regs: dict, deadline: float) -> None:
+        """Once the thread has stopped: the registers. Polled from the loop, never waited for:
+        a thread that dies instead of stopping must not hold twzd up."""
+        try:
+            if not self._stopped(tid):
+                if time.monotonic() < deadline:
+                    self.daemon.loop.call_later(0.0002, self._finish, tid, rip, regs, deadline)
+                else:
+                    log.warning("BECOME: thread %d did not stop within %.0f s; left as it was",
+                                tid, BECOME_STOP_WAIT)
+                    self._detach(tid)
                 return
-            time.sleep(0.0002)
+        except ChildProcessError:
+            return  # gone: nothing to become
+        except Exception:
+            log.exception("BECOME of thread %d", tid)
+            self._detach(tid)
+            return
         r = _Regs()
         try:
             _ptrace(PTRACE_GETREGS, tid, None, ctypes.byref(r))
@@ -132,6 +135,20 @@ class Control:
             log.warning("BECOME of thread %d failed: %s", tid, e)
         finally:
             self._detach(tid)
+
+    def _stopped(self, tid: int) -> bool:
+        """True once tid is in its ptrace stop (consumed); ChildProcessError if it died."""
+        # WNOWAIT first: a program's main thread is twzd's child, for the pidfd watcher to reap
+        seen = os.waitid(os.P_PID, tid, os.WSTOPPED | os.WEXITED | os.WNOWAIT | os.WNOHANG | WALL)
+        if seen is None:
+            return False
+        if seen.si_code in (os.CLD_EXITED, os.CLD_KILLED, os.CLD_DUMPED):
+            if tid not in self.daemon.programs:
+                # a tracee that is not our child: the wait hands it back to its parent
+                os.waitid(os.P_PID, tid, os.WEXITED | os.WNOHANG | WALL)
+            raise ChildProcessError(tid)
+        os.waitid(os.P_PID, tid, os.WSTOPPED | os.WNOHANG | WALL)
+        return True
 
     @staticmethod
     def _detach(tid: int) -> None:
