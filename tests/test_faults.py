@@ -22,7 +22,7 @@ def faults_exe(tmp_path_factory):
 
     exe = tmp_path_factory.mktemp("faults") / "faults"
     subprocess.run(["gcc", "-O2", "-Wall", "-Werror", f"-I{INCLUDE_DIR}", "-o", str(exe),
-                    str(NATIVE)], check=True)
+                    str(NATIVE), "-pthread"], check=True)
     return exe
 
 
@@ -43,6 +43,29 @@ def test_native_faults_reach_the_view_handler_and_a_returning_handler_retries(tw
         f"PPTR info={c.FAULT_PPTR_INVALID} ptr=0x1234",  # twz_fault_raise from C
         "done",
     ]
+
+
+def test_native_faults_on_a_thread_without_an_alternate_stack(twzrun, faults_exe):
+    # its signal handler runs on the faulting stack: the upcall frame must stay clear of it
+    r = twzrun(faults_exe, "thread")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.splitlines() == [
+        "EXCEPTION code=6 ud=t", "EXCEPTION code=3 ud=t",
+        f"OBJECT flags={c.FAULT_OBJECT_WRITE | c.FAULT_OBJECT_NOMAP:#x} slot=0x10210",
+        "thread retried 43"]
+
+
+def test_python_unguarded_exception_ends_the_program(twzrun):
+    r = twzrun("""
+        import ctypes, mmap
+        import libtwz
+        code = mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+        code[:2] = b"\\x0f\\x0b"  # ud2, called through ctypes: no guard can take it
+        ctypes.CFUNCTYPE(None)(ctypes.addressof(ctypes.c_char.from_buffer(code)))()
+        print("not reached")
+    """)
+    assert r.returncode == c.TWZ_FAULT_EXIT_BASE + c.FAULT_EXCEPTION, r.stderr
+    assert "twz: unhandled FAULT_EXCEPTION at 0x" in r.stderr and r.stdout == ""
 
 
 def test_native_dbl_fault_handler_gets_fault_fault_with_twizzlers_frame(twzrun, faults_exe):

@@ -1,8 +1,10 @@
 /* Every Twizzler fault, produced and delivered through the view's fault handler
- * (tests/test_faults.py). Modes: handled, dbl, raw, unhandled-div, unhandled-signal. */
+ * (tests/test_faults.py). Modes: handled, thread (the same on a thread without an alternate
+ * signal stack), dbl, raw, unhandled-div, unhandled-signal. */
 #define TWZ_RT_IMPLEMENTATION
 #include <twz/rt.h>
 
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -81,6 +83,17 @@ static void raw_handler(long fault, void *info)
 	_exit(0);
 }
 
+static void *on_a_thread(void *arg)
+{
+	if(!setjmp(escape))
+		__asm__ volatile("ud2");
+	__asm__ volatile("int3");
+	volatile long *p = (long *)((0x10210UL << 30) + 0x1000);
+	*p = 43;
+	printf("thread retried %ld\n", *p);
+	return arg;
+}
+
 int main(int argc, char **argv)
 {
 	const char *mode = argc > 1 ? argv[1] : "handled";
@@ -110,6 +123,14 @@ int main(int argc, char **argv)
 		struct fault_pptr_info pi = { .info = FAULT_PPTR_INVALID, .ptr = (void *)0x1234 };
 		twz_fault_raise(FAULT_PPTR, &pi);
 		printf("done\n");
+		return 0;
+	}
+	if(!strcmp(mode, "thread")) {
+		twz_fault_set(FAULT_EXCEPTION, on_fault, "t");
+		twz_fault_set(FAULT_OBJECT, on_fault, "t");
+		pthread_t t;
+		pthread_create(&t, NULL, on_a_thread, NULL);
+		pthread_join(t, NULL);
 		return 0;
 	}
 	if(!strcmp(mode, "dbl")) {
