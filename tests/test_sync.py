@@ -138,6 +138,35 @@ def test_no_wake_is_lost_between_two_processes(daemon, tmp_path, twzrun):
     assert sorted(o.strip() for o, _ in outs) == ["done 0", "done 1"]
 
 
+def test_no_wake_is_lost_when_only_the_high_half_of_a_word_changes(twzrun):
+    """A 64-bit sleep must see a change of the high half alone (futex words are 32-bit): the
+    partner, in another process, hands over by adding 1 << 32; a lost wake hangs the test."""
+    proc = twzrun("""
+        import libtwz
+        obj = libtwz.Object.create()
+        w = libtwz.sync.Word(obj, 0x1000)
+        ROUNDS = 2000
+        def wait_for(value):
+            while (v := w.load()) != value:
+                w.sleep(v)
+        def partner():
+            for i in range(ROUNDS):
+                wait_for((2 * i + 1) << 32)
+                w.store((2 * i + 2) << 32)
+                w.wake()
+            return 0
+        t = libtwz.Thread(partner, view=libtwz.View.clone())
+        t.start()
+        for i in range(ROUNDS):
+            w.store((2 * i + 1) << 32)
+            w.wake()
+            wait_for((2 * i + 2) << 32)
+        print(t.join(), w.load() >> 32)
+        """, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["0", "4000"]
+
+
 def test_thread_sync_semantics(twzrun):
     """Several ops per call, compare-all-before-sleeping, 32/64-bit words, wake counts."""
     proc = twzrun("""
