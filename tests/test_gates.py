@@ -81,8 +81,8 @@ def gate_world(daemon, tmp_path_factory):
         env=twz_env(daemon), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert service.stdout.readline().strip() == "ready", service.stderr.read()
     yield dict(home=daemon, x=x, g=g, caller=caller, owner=owner, progs=progs)
-    service.kill()
-    service.wait()
+    service.terminate()  # twzrun forwards it: the service leaves its WAIT and exits
+    assert service.wait(15) == 128 + 15
 
 
 def twzrun(world, *argv):

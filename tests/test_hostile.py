@@ -326,6 +326,40 @@ int main(int argc, char **argv) {
     assert r.returncode == 128 + signal.SIGSYS                         # killed by the filter
 
 
+def test_native_code_runs_from_an_object_only_with_exec(world, build_native):
+    """EXEC for native code mapped from objects: the same view entry (READ|EXEC) runs the code
+    under a context granting EXEC and faults FAULT_SCTX under one granting only READ."""
+    home, key = world["home"], world["key"]
+    code = sec_request(home, cmd="object_new", key=key, pflags=0, data=base64.b64encode(
+        bytes([0xB8, 42, 0, 0, 0, 0xC3])).decode())["id"]           # mov eax, 42; ret
+    tag = uuid.uuid4().hex[:8]
+    for ctx, perms in ((f"runs-{tag}", sec.SCP_READ | sec.SCP_EXEC), (f"reads-{tag}",
+                                                                      sec.SCP_READ)):
+        sec_request(home, cmd="sctx_new", name=ctx, key=key)
+        sec_request(home, cmd="sctx_add", sctx=ctx, target=code, item=sec_request(
+            home, cmd="cap_grant", key=key, target=code, accessor=ctx, perms=perms)["item"])
+    exe = build_native(r"""
+#define TWZ_RT_IMPLEMENTATION
+#include <twz/rt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+int main(int argc, char **argv) {
+    uint64_t hi = strtoull(argv[1], NULL, 16), lo = strtoull(strchr(argv[1], ':') + 1, NULL, 16);
+    long slot = twz_rt_slot_alloc(lo, hi, VE_READ | VE_EXEC);
+    int (*fn)(void) = (int (*)(void))((slot << 30) + 0x1000);
+    printf("returned %d\n", fn());
+    return 0;
+}
+""", name="runcode")
+    for ctx, want_out, want_rc in ((f"runs-{tag}", "returned 42\n", 0),
+                                   (f"reads-{tag}", "", c.TWZ_FAULT_EXIT_BASE + c.FAULT_SCTX)):
+        r = subprocess.run([sys.executable, "-m", "twzlinux.cli.twzrun", "--sctx", ctx, str(exe),
+                            code], env=twz_env(home), capture_output=True, text=True, timeout=60)
+        assert (r.stdout, r.returncode) == (want_out, want_rc), r.stdout + r.stderr
+    assert "FAULT_SCTX" in r.stderr and code.split(":")[1] in r.stderr
+
+
 def test_floods_leave_twzd_serving(world, run):
     """Objects and slots by the thousand from one program; others run meanwhile and after."""
     r = run("""

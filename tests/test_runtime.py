@@ -284,7 +284,11 @@ static void on_sys(int sig, siginfo_t *si, void *ctx)
 		for(int i = 0; i < nobjs; i++) {
 			if(objs[i].id != id)
 				continue;
-			if(objs[i].forbidden) {
+			struct metainfo mi;
+			/* as twzd: EXEC only when granted (here by the object's default permissions) */
+			if(objs[i].forbidden || ((g[REG_RDX] & VE_EXEC)
+			   && (pread(objs[i].fd, &mi, sizeof(mi), OBJ_METAINFO_OFFSET) != sizeof(mi)
+			       || !(mi.p_flags & MIP_DFL_EXEC)))) {
 				r = -EACCES;
 				break;
 			}

@@ -176,9 +176,10 @@ static int twz_rt_prot_of_fd(int fd)
 }
 
 /* Map an object over a slot, all but the null page (left reserved so that a null pointer of any
- * slot faults). Exec needs the entry's VE_EXEC (want_exec, W^X already applied) and the object's
- * own MIP_DFL_EXEC: an fd's access mode cannot say "executable". Safe in the signal handler:
- * mmap, mprotect and fcntl are plain system calls. */
+ * slot faults). Exec needs the entry's VE_EXEC (want_exec, W^X already applied): an fd's access
+ * mode cannot say "executable", but twzd refuses LX_OBJFD for EXEC unless the caller's security
+ * context grants it (defaults or a capability), so the fd in hand answers the question. Safe in
+ * the signal handler: mmap, mprotect and fcntl are plain system calls. */
 static int twz_rt_map_fd(uint64_t slot, int fd, int want_exec, objid_t id)
 {
 	char *base = twz_rt_slot_base(slot);
@@ -194,8 +195,7 @@ static int twz_rt_map_fd(uint64_t slot, int fd, int want_exec, objid_t id)
 	/* Before any touch: twzd may have to trap this fresh mapping (a lazy copy, or its source). */
 	if(twz_rt.uffd_given)
 		sys_lx_mapped(base, id);
-	const struct metainfo *mi = (const struct metainfo *)(base + OBJ_METAINFO_OFFSET);
-	if(want_exec && (mi->p_flags & MIP_DFL_EXEC)
+	if(want_exec
 	   && mprotect(base + OBJ_NULLPAGE_SIZE, OBJ_MAXSIZE - OBJ_NULLPAGE_SIZE, prot | PROT_EXEC) == 0) {
 		prot |= PROT_EXEC;
 	}
