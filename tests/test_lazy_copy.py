@@ -286,9 +286,57 @@ def test_program_whose_objects_exceed_the_memory_budget_runs():
     assert "--memory-budget" in r.stdout
 
 
-@pytest.mark.xfail(strict=True, reason="issue 5 item 5: no WP_ASYNC + PAGEMAP_SCAN dirty "
-                                       "tracking yet; a flush writes back whatever the host "
-                                       "page cache holds dirty; docs/userfaultfd.md")
-def test_flush_writes_only_the_pages_twzd_saw_written(tmp_path):
-    import twzlinux.kernel.pages as pages
-    assert hasattr(pages, "dirty_pages")
+FLUSH_A = """
+import json, sys, libtwz
+from libtwz import sys as tsys
+o = libtwz.Object.create(persist=True, tied=False)
+v = o.view()
+v[0x1000:0x1000 + (4 << 20)] = bytes(4 << 20)
+res = {"first": tsys.sys_lx_flush(int(o.id))}       # untracked so far: writes all it must
+for p in (3, 70, 71):
+    v[p * 4096] = 1
+res["three"] = tsys.sys_lx_flush(int(o.id))
+res["none"] = tsys.sys_lx_flush(int(o.id))
+print(json.dumps({"id": str(o.id)}), flush=True)
+sys.stdin.readline()                                  # B writes two pages and flushes them
+v[12 * 4096] = 1
+res["after_b"] = tsys.sys_lx_flush(int(o.id))
+o.delete()
+print(json.dumps(res), flush=True)
+"""
+
+FLUSH_B = """
+import json, sys, libtwz
+from libtwz import sys as tsys
+o = libtwz.Object.open(sys.argv[1], write=True)
+v = o.view()
+v[10 * 4096] = 2
+v[11 * 4096 + 100] = 2
+print(json.dumps({"b": tsys.sys_lx_flush(int(o.id))}))
+"""
+
+
+def test_flush_writes_only_the_pages_written_in_any_process(daemon, tmp_path):
+    """WP_ASYNC + PAGEMAP_SCAN (kernel/dirty.py): after the first flush arms tracking, a flush
+    counts exactly the pages written since, by this process or another mapping the object."""
+    (tmp_path / "a.py").write_text(FLUSH_A)
+    (tmp_path / "b.py").write_text(FLUSH_B)
+    twzrun = [sys.executable, "-m", "twzlinux.cli.twzrun"]
+    env = twz_env(daemon)
+    a = subprocess.Popen(twzrun + [str(tmp_path / "a.py")], env=env, text=True,
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        ids = json.loads(a.stdout.readline() or "null") or {}
+        assert ids, a.stderr.read()
+        b = subprocess.run(twzrun + [str(tmp_path / "b.py"), ids["id"]], env=env, text=True,
+                           capture_output=True, timeout=60)
+        assert b.returncode == 0, b.stderr
+        a.stdin.write("go\n")
+        a.stdin.flush()
+        res = json.loads(a.stdout.readline() or "null")
+        assert a.wait(timeout=60) == 0, a.stderr.read()
+    finally:
+        a.kill()
+        a.wait()
+    assert json.loads(b.stdout) == {"b": 2}
+    assert res == {"first": c.OBJ_MAXSIZE // c.PAGE_SIZE, "three": 3, "none": 0, "after_b": 1}

@@ -143,14 +143,18 @@ TABLE = (
             doc="Give the caller a file descriptor for object `id`, open with the access that "
                 "`perms` and the object's permissions allow (read-only unless write is granted). "
                 "The runtime's fault handler calls it to map a slot on first touch."),
-    Syscall(LX_BASE + 0x20, "LX_UFFD", (_int("fd", "int"),), personality=True,
-            doc="Hand twzd the caller's userfaultfd (made by the runtime at start-up, after "
-                "exec); twzd takes a copy with pidfd_getfd and serves the process's lazy pages "
-                "and write-protection through it (docs/userfaultfd.md). Once per process."),
+    Syscall(LX_BASE + 0x20, "LX_UFFD", (_int("fd", "int"), _int("wfd", "int")), personality=True,
+            doc="Hand twzd two userfaultfds of the caller (made by the runtime at start-up, "
+                "after exec): `fd` serves lazy copies, `wfd` (or -1) tracks writes to "
+                "persistent objects (WP_ASYNC). twzd takes copies with pidfd_getfd "
+                "(docs/userfaultfd.md). Once per process."),
     Syscall(LX_BASE + 0x21, "LX_MAPPED", (_ptr("base", "void *"), _id("id")), personality=True,
             doc="Tell twzd that object `id` (opened with LX_OBJFD) is now mapped at slot "
                 "`base`, so that it can trap that mapping's missing pages and writes while the "
                 "object takes part in a lazy copy."),
+    Syscall(LX_BASE + 0x22, "LX_FLUSH", (_id("id"),), returns="count", personality=True,
+            doc="Write persistent object `id`'s changed pages to disk; returns how many pages "
+                "were written, counted by twzd's write tracking (docs/userfaultfd.md)."),
     Syscall(LX_BASE + 0x30, "LX_GATE", (_enum("op", {c.LX_GATE_SERVE: "SERVE",
                                                      c.LX_GATE_WAIT: "WAIT",
                                                      c.LX_GATE_RETURN: "RETURN",

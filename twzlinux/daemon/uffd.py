@@ -48,7 +48,17 @@ WP_MODE_WP = 1
 FEATURE_PAGEFAULT_FLAG_WP = 1 << 0
 FEATURE_MISSING_SHMEM = 1 << 5
 FEATURE_WP_HUGETLBFS_SHMEM = 1 << 12
+FEATURE_WP_UNPOPULATED = 1 << 13
+FEATURE_WP_ASYNC = 1 << 15
 FEATURES = FEATURE_PAGEFAULT_FLAG_WP | FEATURE_MISSING_SHMEM | FEATURE_WP_HUGETLBFS_SHMEM
+ASYNC_FEATURES = FEATURE_WP_ASYNC | FEATURE_WP_HUGETLBFS_SHMEM | FEATURE_WP_UNPOPULATED
+# PAGEMAP_SCAN (6.7+, missing from the 6.1 headers): _IOWR('f', 16, struct pm_scan_arg)
+PM_SCAN_ARG = struct.Struct("=12Q")  # size, flags, start, end, walk_end, vec, vec_len,
+#   max_pages, category_inverted, category_mask, category_anyof_mask, return_mask
+PAGEMAP_SCAN = (3 << 30) | (PM_SCAN_ARG.size << 16) | (ord("f") << 8) | 16
+PM_SCAN_WP_MATCHING, PM_SCAN_CHECK_WPASYNC = 1, 2
+PAGE_IS_WRITTEN = 1 << 1
+_SCAN_REGIONS = 512
 EVENT_PAGEFAULT = 0x12
 PAGEFAULT_FLAG_WP = 2
 MSG = struct.Struct("=B7xQQI4x")  # struct uffd_msg, pagefault arm: event, flags, address, ptid
@@ -77,15 +87,28 @@ class UffdPort:
     def __init__(self, loop, lazy):
         self.loop, self.lazy = loop, lazy
         self._fds: dict = {}  # proc -> our copy of its uffd
+        self._wfds: dict = {}  # proc -> our copy of its WP_ASYNC uffd
 
     # --- Port ---------------------------------------------------------------------------------
 
     def can_trap(self, proc) -> bool:
         return proc in self._fds
 
-    def adopt(self, proc, fd: int) -> None:
+    def adopt(self, proc, fd: int, wfd: int) -> None:
         if proc in self._fds:
             raise SyscallError(errno.EBUSY, "this process already handed over a userfaultfd")
+        ours = self._take(proc, fd, FEATURES)
+        if wfd >= 0:
+            try:
+                self._wfds[proc] = self._take(proc, wfd, ASYNC_FEATURES)
+            except SyscallError:
+                os.close(ours)
+                raise
+        self._fds[proc] = ours
+        self.loop.add_reader(ours, self._on_readable, proc, ours)
+
+    def _take(self, proc, fd: int, features: int) -> int:
+        """Our copy of the caller's fd, after UFFDIO_API with `features`."""
         try:
             pidfd = os.pidfd_open(proc.pid)
             try:
@@ -96,15 +119,14 @@ class UffdPort:
             raise SyscallError(errno.EBADF if e.errno == errno.EBADF else errno.EINVAL,
                                f"cannot take fd {fd}: {e.strerror}") from None
         try:
-            api = bytearray(struct.pack("=QQQ", _API, FEATURES, 0))
+            api = bytearray(struct.pack("=QQQ", _API, features, 0))
             fcntl.ioctl(ours, UFFDIO_API, api, True)
             os.set_blocking(ours, False)
         except OSError as e:
             os.close(ours)
             raise SyscallError(errno.EINVAL, f"fd {fd} is not a fresh userfaultfd with "
-                                             f"MISSING and WP on shmem ({e.strerror})") from None
-        self._fds[proc] = ours
-        self.loop.add_reader(ours, self._on_readable, proc, ours)
+                                             f"features {features:#x} ({e.strerror})") from None
+        return ours
 
     def register(self, proc, base: int) -> int:
         return self._ioctl(proc, UFFDIO_REGISTER, struct.pack(
@@ -126,6 +148,58 @@ class UffdPort:
         if fd is not None:
             self.loop.remove_reader(fd)
             os.close(fd)
+        wfd = self._wfds.pop(proc, None)
+        if wfd is not None:
+            os.close(wfd)
+
+    # --- write tracking (kernel/dirty.py) -----------------------------------------------------
+
+    def can_track(self, proc) -> bool:
+        return proc in self._wfds
+
+    def track(self, proc, base: int) -> int:
+        """Write-protect proc's slot at `base` asynchronously: a write un-protects the page
+        without a trap, and PAGEMAP_SCAN then reports it. 0 or errno."""
+        fd = self._wfds.get(proc)
+        if fd is None:
+            return errno.ESRCH
+        start, n = _mapped(base)
+        try:
+            fcntl.ioctl(fd, UFFDIO_REGISTER, bytearray(struct.pack("=QQQQ", start, n, MODE_WP,
+                                                                   0)), True)
+            fcntl.ioctl(fd, UFFDIO_WRITEPROTECT, bytearray(struct.pack("=QQQ", start, n,
+                                                                       WP_MODE_WP)), True)
+        except OSError as e:
+            return e.errno
+        return 0
+
+    def written(self, proc, base: int) -> list[tuple[int, int]] | None:
+        """Slot offset ranges proc wrote at `base` since the last call (protecting them again),
+        or None if its page map cannot be read."""
+        start, n = _mapped(base)
+        out, vec = [], (ctypes.c_uint64 * (3 * _SCAN_REGIONS))()
+        try:
+            pm = os.open(f"/proc/{proc.pid}/pagemap", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            while start < base + c.OBJ_MAXSIZE:
+                arg = bytearray(PM_SCAN_ARG.pack(
+                    PM_SCAN_ARG.size, PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC, start,
+                    base + c.OBJ_MAXSIZE, 0, ctypes.addressof(vec), _SCAN_REGIONS, 0, 0,
+                    PAGE_IS_WRITTEN, 0, PAGE_IS_WRITTEN))
+                got = fcntl.ioctl(pm, PAGEMAP_SCAN, arg, True)
+                out += [(vec[3 * i] - base, vec[3 * i + 1] - base) for i in range(got)]
+                walk_end = PM_SCAN_ARG.unpack(arg)[4]
+                if walk_end <= start:
+                    break
+                start = walk_end
+        except OSError as e:
+            log.info("pid %s: PAGEMAP_SCAN: %s", proc.pid, e.strerror)
+            return None
+        finally:
+            os.close(pm)
+        return out
 
     # --- faults -------------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from twzlinux.abi.syscalls import join_args, lookup_linux_nr
 from . import control, kso  # control: SIGNAL, which needs Kernel.control
 from . import gates  # LX_GATE
 from .access import Access, Contexts
+from .dirty import DirtyPages
 from .errors import FdResult, MemoryAccess, SyscallError
 from .objects import ObjectTable
 from .quota import Quota
@@ -76,6 +77,7 @@ class Kernel:
         self.on_host: Callable[[Process], None] = lambda proc: None  # the daemon watches it
         self.caller: int | None = None  # Linux tid of the current syscall's caller
         self.access = Access(self.objects)
+        self.dirty = DirtyPages(self.objects.lazy)
         self.quota = Quota(self.objects)
         # the daemon's adapter for acting on Linux threads (twzlinux.daemon.control)
         self.control = None

@@ -136,6 +136,14 @@ class LazyCopies:
     def _can_trap(self, proc) -> bool:
         return self.port is not None and self.port.can_trap(proc)
 
+    def mappings(self, obj: "Obj") -> list[tuple[Hashable, int]]:
+        """(process, slot base) of every mapping of obj that twzd knows of."""
+        return [(p, b) for p in obj.mappers for b in self._bases(p, obj.id)]
+
+    def located(self, obj: "Obj") -> bool:
+        """Whether every process given an fd for obj (with a uffd) has said where it mapped it."""
+        return all(obj.id not in self._opening.get(p, ()) for p in obj.mappers)
+
     def _bases(self, proc, oid: int) -> list[int]:
         return [b for b, o in self._slots.get(proc, {}).items() if o == oid]
 

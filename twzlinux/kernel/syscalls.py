@@ -315,13 +315,13 @@ def sys_detach(k, proc: "Process", mem, parent, child, xflags):
 
 
 @handles("LX_UFFD")
-def sys_lx_uffd(k, proc: "Process", mem, fd):
-    """Adopt the caller's userfaultfd (its fd number `fd`). ENOSYS when twzd has no
-    userfaultfd adapter, EBUSY the second time, EINVAL if `fd` is not a userfaultfd."""
+def sys_lx_uffd(k, proc: "Process", mem, fd, wfd):
+    """Adopt the caller's userfaultfds (its fd numbers; wfd -1 for none). ENOSYS when twzd has
+    no userfaultfd adapter, EBUSY the second time, EINVAL if one is not a userfaultfd."""
     port = k.objects.lazy.port
     if port is None:
         raise SyscallError(ENOSYS, "this kernel serves no userfaultfd")
-    port.adopt(proc, fd)
+    port.adopt(proc, fd, wfd)
     return 0
 
 
@@ -334,4 +334,14 @@ def sys_lx_mapped(k, proc: "Process", mem, base, oid):
     if proc not in obj.mappers:
         raise SyscallError(EINVAL, "the object was not opened with LX_OBJFD")
     k.objects.lazy.mapped(proc, base, obj)
+    k.dirty.mapped(proc, base, obj)
     return 0
+
+
+@handles("LX_FLUSH")
+def sys_lx_flush(k, proc: "Process", mem, oid):
+    """Write persistent `oid`'s changed pages to disk; the count, or the object's page count
+    when twzd could not tell which changed and wrote all its dirty pages (kernel/dirty.py)."""
+    obj = _object(k, oid)
+    written = k.dirty.flush(obj)
+    return c.OBJ_MAXSIZE // c.PAGE_SIZE if written is None else written

@@ -601,7 +601,7 @@ static int twz_rt_install_handlers(void)
  * Made here, after exec: exec replaces the mm a uffd belongs to. Our own copy is closed at once,
  * so that only twzd reads its events. Without one (no userfaultfd, an older twzd), twzd copies
  * eagerly whatever this process maps. */
-static void twz_rt_uffd_handover(void)
+static long twz_rt_new_uffd(void)
 {
 	long fd = syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
 	if(fd < 0) {
@@ -611,10 +611,21 @@ static void twz_rt_uffd_handover(void)
 			close(dev);
 		}
 	}
+	return fd;
+}
+
+/* Two: a uffd's write-protection is synchronous (lazy copies' sources) or WP_ASYNC (tracking
+ * writes to persistent objects) as a whole. */
+static void twz_rt_uffd_handover(void)
+{
+	long fd = twz_rt_new_uffd();
 	if(fd < 0)
 		return;
-	twz_rt.uffd_given = sys_lx_uffd((int)fd) == 0;
+	long wfd = twz_rt_new_uffd();
+	twz_rt.uffd_given = sys_lx_uffd((int)fd, (int)wfd) == 0;
 	close((int)fd);
+	if(wfd >= 0)
+		close((int)wfd);
 }
 
 static int twz_thread_install(void); /* twz/thread.h: serves the trapped THRD_SYNC/THRD_CTL */

@@ -233,6 +233,7 @@ __extension__ typedef unsigned __int128 objid_t;
 #define SYS_LX_OBJFD 0x100
 #define SYS_LX_UFFD 0x120
 #define SYS_LX_MAPPED 0x121
+#define SYS_LX_FLUSH 0x122
 #define SYS_LX_GATE 0x130
 #define SYS_LX_THRD_EXIT 0x110
 #define SYS_LX_THRD_HOST 0x111
@@ -697,12 +698,12 @@ static inline long sys_lx_objfd(objid_t id, int perms)
 	return twz_syscall6(TWZ_LINUX_NR(SYS_LX_OBJFD), (long)ID_LO(id), (long)ID_HI(id), (long)perms, 0, 0, 0);
 }
 
-/* Hand twzd the caller's userfaultfd (made by the runtime at start-up, after exec); twzd takes
- * a copy with pidfd_getfd and serves the process's lazy pages and write-protection through it
- * (docs/userfaultfd.md). Once per process. */
-static inline long sys_lx_uffd(int fd)
+/* Hand twzd two userfaultfds of the caller (made by the runtime at start-up, after exec): `fd`
+ * serves lazy copies, `wfd` (or -1) tracks writes to persistent objects (WP_ASYNC). twzd takes
+ * copies with pidfd_getfd (docs/userfaultfd.md). Once per process. */
+static inline long sys_lx_uffd(int fd, int wfd)
 {
-	return twz_syscall6(TWZ_LINUX_NR(SYS_LX_UFFD), (long)fd, 0, 0, 0, 0, 0);
+	return twz_syscall6(TWZ_LINUX_NR(SYS_LX_UFFD), (long)fd, (long)wfd, 0, 0, 0, 0);
 }
 
 /* Tell twzd that object `id` (opened with LX_OBJFD) is now mapped at slot `base`, so that it
@@ -710,6 +711,13 @@ static inline long sys_lx_uffd(int fd)
 static inline long sys_lx_mapped(void *base, objid_t id)
 {
 	return twz_syscall6(TWZ_LINUX_NR(SYS_LX_MAPPED), (long)(uintptr_t)base, (long)ID_LO(id), (long)ID_HI(id), 0, 0, 0);
+}
+
+/* Write persistent object `id`'s changed pages to disk; returns how many pages were written,
+ * counted by twzd's write tracking (docs/userfaultfd.md). */
+static inline long sys_lx_flush(objid_t id)
+{
+	return twz_syscall6(TWZ_LINUX_NR(SYS_LX_FLUSH), (long)ID_LO(id), (long)ID_HI(id), 0, 0, 0, 0);
 }
 
 /* Secure gates through a service process (twzlinux/kernel/gates.py): SERVE a gate object, WAIT
