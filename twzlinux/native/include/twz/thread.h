@@ -63,7 +63,7 @@ int twz_thread_spawn(struct twz_thread *t, objid_t view, void (*start)(void *), 
 uint64_t twz_thread_join(struct twz_thread *t);
 
 /* The process's first thread ($TWZ_THREAD, set by twzd) becomes a Twizzler thread: its repr is
- * mapped at SLOT_THRD and gs points at it. 0, or -errno (-ENOENT without $TWZ_THREAD). */
+ * mapped at SLOT_THRD and gs points at it. 0 (also without $TWZ_THREAD), or -errno. */
 int twz_thread_adopt_env(void);
 
 /* This boot's reset code (KCONF_RDRESET), asked of twzd once per process. */
@@ -473,7 +473,7 @@ int twz_thread_adopt_env(void)
 	const char *text = getenv("TWZ_THREAD");
 	char *end;
 	if(!text)
-		return -ENOENT;
+		return 0; /* not started by twzd as a Twizzler thread: no repr, gs stays 0 */
 	uint64_t hi = strtoull(text, &end, 16), lo;
 	if(*end != ':')
 		return -EINVAL;
