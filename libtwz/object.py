@@ -119,8 +119,9 @@ class Object:
             named = f" (named {id_or_name!r})" if isinstance(id_or_name, str) else ""
             raise syscall_error(e.errno, f"no object {ObjID(oid)}{named}") from None
         obj = cls._attach(oid, c.FE_READ | (c.FE_WRITE if write else 0))
-        if write and not obj.meta.p_flags & c.MIP_DFL_WRITE and not _writable(oid):
-            raise syscall_error(errno.EACCES, f"object {obj.id} does not grant WRITE (p_flags "
+        if write and not _writable(oid):
+            raise syscall_error(errno.EACCES, f"object {obj.id} does not grant WRITE to this "
+                                    f"program (its security context, or p_flags "
                                     f"{obj.meta.p_flags:#x}); open it without write=True")
         return obj
 
@@ -278,8 +279,8 @@ class Object:
 
 
 def _writable(oid: int) -> bool:
-    """Whether this program's security context grants WRITE beyond the default permissions:
-    twzd's answer is the access mode of the fd it gives."""
+    """Whether twzd lets this program write the object (its security context, or the default
+    permissions): the answer is the access mode of the fd it gives."""
     import fcntl
     import os
     fd = tsys.sys_lx_objfd(int(oid), c.FE_READ | c.FE_WRITE)

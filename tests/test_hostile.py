@@ -303,6 +303,41 @@ print("child", child.wait())
         victim.wait()
 
 
+def test_no_program_writes_another_programs_view_or_thread(world, run, tmp_path):
+    victim = subprocess.Popen(
+        [sys.executable, "-m", "twzlinux.cli.twzrun", _as_program(
+            "import os, sys\nprint(os.environ['TWZ_VIEW'], os.environ['TWZ_THREAD'], flush=True)"
+            "\nsys.stdin.readline()\nprint('victim fine')\n", tmp_path)],
+        env=twz_env(world["home"]), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        view, thread = victim.stdout.readline().split()
+        r = run("""
+import sys, libtwz
+from libtwz import runtime
+from twzlinux.abi import constants as c
+for oid in map(libtwz.ObjID.parse, sys.argv[1:]):
+    try:
+        libtwz.Object.open(oid, write=True)
+        print("opened for writing")
+    except libtwz.TwzError as e:
+        print("open", e.errno)
+    w = libtwz.Object(int(oid), runtime.slot_alloc(int(oid), c.VE_READ | c.VE_WRITE),
+                      c.FE_READ | c.FE_WRITE)
+    try:
+        w.write(0x1000 + 2048, b"EVIL")
+        print("WROTE")
+    except libtwz.FaultSctx as e:
+        print("fault SCTX")
+""", view, thread, sctx=["reader"])
+        assert r.stdout.split() == ["open", "13", "fault", "SCTX"] * 2, r.stdout + r.stderr
+        victim.stdin.write("\n")
+        victim.stdin.flush()
+        assert victim.stdout.readline().strip() == "victim fine"
+    finally:
+        victim.kill()
+        victim.wait()
+
+
 def test_the_filter_cannot_be_escaped_by_x32_or_int80(world, build_native):
     exe = build_native(r"""
 #define TWZ_RT_IMPLEMENTATION

@@ -43,6 +43,14 @@ def _object(k: "Kernel", oid: int, hidden: bool = False) -> Obj:
     return obj
 
 
+def _foreign(proc, obj: Obj) -> bool:
+    """A view or thread repr that twzd made for another program: readable (default
+    permissions), never writable, whatever the caller's context says — writing another
+    program's view would redirect its mappings, which run with its rights."""
+    return (obj.kernel and obj.kso_type in (c.KSO_VIEW, c.KSO_THREAD)
+            and obj.id not in (proc.view_id, proc.thread_id))
+
+
 def _check_flags(flags: int, valid: int) -> None:
     if flags & ~valid:
         raise SyscallError(EINVAL, f"unknown flags {flags & ~valid:#x}")
@@ -199,6 +207,8 @@ def sys_ocopy(k, proc, mem: MemoryAccess, destp, srcp, doff, soff, length, flags
         raise SyscallError(EINVAL, "range beyond the object")
     dest = _object(k, dest_id)
     src = _object(k, src_id) if src_id else None
+    if _foreign(proc, dest):
+        raise SyscallError(EPERM, "another program's view or thread")
     k.access.check(proc.ctx, dest, c.MIP_DFL_WRITE, "OCOPY destination")
     if src is not None:
         k.access.check(proc.ctx, src, c.MIP_DFL_READ, "OCOPY source")
@@ -265,7 +275,8 @@ def sys_lx_objfd(k, proc: "Process", mem, oid, perms):
     counts as mapping the object until it exits.
     """
     obj = _object(k, oid)
-    have, why = k.access.perms(proc.ctx, obj)
+    have, why = k.access.perms(proc.ctx, obj) if not _foreign(proc, obj) else (
+        obj.p_flags & ~c.MIP_DFL_WRITE, "another program's view or thread")
     granted = perms & _PERMS & have
     missing = (perms & (c.FE_READ | c.FE_EXEC) | c.FE_READ) & ~granted
     if missing:
