@@ -5,6 +5,7 @@ answers; twzrun and twz do the same on demand, so running twzd by hand is option
 """
 
 import argparse
+import os
 import sys
 
 from twzlinux.daemon import client
@@ -16,7 +17,14 @@ def main(argv=None) -> int:
                                    "~/.local/share/twzlinux)")
     ap.add_argument("--foreground", action="store_true",
                     help="serve in this process, logging to stderr and DIR/twzd.log")
+    ap.add_argument("--memory-budget", type=int, metavar="MB",
+                    help="keep volatile objects within MB MiB of memory, paging the rest to "
+                         "disk (sets TWZ_MEMORY_BUDGET; docs/userfaultfd.md)")
     opts = ap.parse_args(argv)
+    if opts.memory_budget is not None:
+        if opts.memory_budget <= 0:
+            ap.error("--memory-budget must be a positive number of MiB")
+        os.environ["TWZ_MEMORY_BUDGET"] = str(opts.memory_budget)
     home = client.home_from(opts.home)
     if opts.foreground:
         from twzlinux.daemon import server

@@ -33,5 +33,5 @@ def run(opts, home) -> int:
     kind = "persistent" if reply["persistent"] else "volatile"
     print(f"{reply['id']} ({kind}): {reply['resident']} resident, {reply['dirty']} dirty, "
           f"{reply['writeback']} under writeback, {reply['evicted']} evicted, "
-          f"{reply['owed']} owed to a lazy copy's source (4 KiB pages)")
+          f"{reply['owed']} owed (to a lazy copy's source, or paged out) (4 KiB pages)")
     return 0

@@ -25,7 +25,7 @@ from twzlinux.daemon import protocol
 from twzlinux.daemon.control import Control
 from twzlinux.daemon.seccomp import Listener
 from twzlinux.daemon.trace import TraceDir
-from twzlinux.daemon.uffd import UffdPort
+from twzlinux.daemon.uffd import UffdPort, start_pager
 from twzlinux.daemon import objops
 from twzlinux.daemon import secops
 from twzlinux.kernel.core import Kernel
@@ -394,8 +394,8 @@ class Daemon:
         self.loop = uvloop.new_event_loop()
         self.kernel = Kernel(self.home, self._console)
         self.kernel.objects.lazy.port = UffdPort(self.loop, self.kernel.objects.lazy)
+        start_pager(self.loop, self.kernel, self.home)
         self.kernel.on_host = self._watch_host
-        self.kernel.objects.lazy.port = UffdPort(self.loop, self.kernel.objects.lazy)
         self.kernel.control = Control(self)
         if self.sock_path.exists() or self.sock_path.is_symlink():
             self.sock_path.unlink()  # left by a daemon that died; the lock proves it is gone

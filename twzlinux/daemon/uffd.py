@@ -252,3 +252,35 @@ class UffdPort:
 
     def _wake(self, proc, page: int) -> None:
         self._ioctl(proc, UFFDIO_WAKE, struct.pack("=QQ", page, c.PAGE_SIZE))
+
+
+PAGER_PERIOD = 0.1  # seconds between checks of the memory budget
+
+
+def start_pager(loop, kernel, home) -> None:
+    """With TWZ_MEMORY_BUDGET (MiB; `twzd --memory-budget`) set, keep volatile objects within it
+    (kernel/pager.py), checking every PAGER_PERIOD."""
+    from twzlinux.kernel.pager import Pager  # noqa: PLC0415 (only with a budget)
+
+    text = os.environ.get("TWZ_MEMORY_BUDGET")
+    if not text:
+        return
+    try:
+        budget = int(text)
+    except ValueError:
+        log.error("TWZ_MEMORY_BUDGET=%r is not a number of MiB; no memory budget", text)
+        return
+    pager = Pager(kernel.objects, budget * (1 << 20) // c.PAGE_SIZE, home / "swap")
+    log.info("memory budget: %d MiB of volatile objects; the rest is paged to %s", budget,
+             pager.swap_dir)
+
+    def tick():
+        try:
+            evicted = pager.balance()
+            if evicted:
+                log.info("pager: evicted %d pages to stay within %d MiB", evicted, budget)
+        except Exception:
+            log.exception("pager: balancing failed")
+        loop.call_later(PAGER_PERIOD, tick)
+
+    loop.call_later(PAGER_PERIOD, tick)

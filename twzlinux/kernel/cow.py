@@ -199,10 +199,37 @@ class LazyCopies:
             for base in self._bases(proc, src.id):
                 self._protect(proc, base, soff, n)
 
-    def _protect(self, proc, base: int, off: int, n: int) -> None:
+    def _protect(self, proc, base: int, off: int, n: int, on: bool = True) -> None:
         lo, hi = max(off, _MAPPED[0]), min(off + n, _MAPPED[1])
         if lo < hi and base in self._trapped.get(proc, ()):
-            self.port.protect(proc, base + lo, hi - lo, True)
+            self.port.protect(proc, base + lo, hi - lo, on)
+
+    # --- paging (kernel/pager.py) -------------------------------------------------------------
+
+    def can_page_out(self, obj: "Obj") -> bool:
+        return (self.port is not None and not obj.persistent and not self.involved(obj.id)
+                and self._trappable(obj))
+
+    def page_out(self, obj: "Obj", store: "Obj", lo: int, hi: int) -> bool:
+        """Move obj's [lo, hi) into `store` (a file twzd alone holds) and make obj owe it back.
+        False if some mapping cannot be trapped (a read-only one would read holes)."""
+        if not self._trap_all(obj, writers_only=False):
+            self._retire(obj.id)
+            return False
+        maps = self.mappings(obj)
+        for proc, base in maps:  # a store racing the eviction waits for twzd
+            self._protect(proc, base, lo, hi - lo)
+        self._objs[obj.id], self._objs[store.id] = obj, store
+        if not isinstance(obj.backing, LazyBacking):
+            obj.backing = LazyBacking(obj.backing, self, obj.id)
+        store.backing.copy_from(obj.backing.raw, lo, lo, hi - lo)
+        obj.backing.raw.punch(lo, hi - lo)
+        runs = self._runs.setdefault(obj.id, [])
+        runs.insert(bisect_right(runs, [lo]), [lo, hi, store.id, lo])
+        self._copies.setdefault(store.id, set()).add(obj.id)
+        for proc, base in maps:
+            self._protect(proc, base, lo, hi - lo, on=False)
+        return True
 
     def _trap(self, proc, base: int) -> int:
         """Register proc's slot at `base`; 0 or the errno it failed with."""

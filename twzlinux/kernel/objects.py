@@ -112,6 +112,10 @@ class ObjectTable:
         if parent.persistent and child.persistent:
             self.saved.set_tie(parent.id, child.id, parent.ties[child.id])
 
+    def live(self) -> list[Obj]:
+        """Every object in the table now (loaded persistent ones included)."""
+        return list(self._objs.values())
+
     def lookup(self, oid: int, hidden: bool = False) -> Obj | None:
         """The live object `oid` (hidden ones only if asked), loading persistent ones lazily."""
         obj = self._objs.get(oid)
