@@ -128,9 +128,9 @@ def _repr_object(k: "Kernel", tid: int) -> Obj:
 def sys_thrd_spawn(k: "Kernel", proc: "Process", mem, tid, args, flags, tctrl):
     """Make `tid` a live thread of `target_view` (0: the caller's); the runtime starts it.
 
-    Deviations: the kernel does not start the thread (docs/threads.md); `tctrl` is ignored;
-    the repr needs DFL_WRITE (Twizzler: SCP_WRITE), the view DFL_WRITE too. A repr that is a
-    live thread already is EBUSY.
+    Deviations: the kernel does not start the thread (docs/threads.md); `tctrl` is ignored.
+    As in Twizzler the repr and the view need WRITE (in the caller's contexts). A repr that is
+    a live thread already is EBUSY.
     """
     if flags:
         raise SyscallError(errno.EINVAL, "flags must be 0")
@@ -138,8 +138,7 @@ def sys_thrd_spawn(k: "Kernel", proc: "Process", mem, tid, args, flags, tctrl):
     obj = _repr_object(k, tid)
     if obj.kso_type not in (c.KSO_NONE, c.KSO_THREAD):
         raise SyscallError(errno.EINVAL, f"object is a {c.KSO_NAMES[obj.kso_type]} KSO")
-    if not obj.p_flags & c.MIP_DFL_WRITE:
-        raise SyscallError(errno.EACCES, "thread object not writable")
+    k.access.check(proc.ctx, obj, c.MIP_DFL_WRITE, "THRD_SPAWN thread object")
     if tid in k.threads.live:
         raise SyscallError(errno.EBUSY, "already a live thread")
     view_id = target_view or proc.view_id
@@ -148,6 +147,7 @@ def sys_thrd_spawn(k: "Kernel", proc: "Process", mem, tid, args, flags, tctrl):
         raise SyscallError(errno.ENOENT, f"no view {s.id_str(view_id)}")
     if view.kso_type != c.KSO_VIEW:
         raise SyscallError(errno.EINVAL, "target_view is not a view KSO")
+    k.access.check(proc.ctx, view, c.MIP_DFL_WRITE, "THRD_SPAWN target view")
     if obj.kso_type == c.KSO_NONE:
         mi = obj.meta()
         mi.flags |= c.KSO_THREAD << c.OC_KSO_SHIFT
