@@ -393,6 +393,7 @@ int main(int argc, char **argv) {
                             code], env=twz_env(home), capture_output=True, text=True, timeout=60)
         assert (r.stdout, r.returncode) == (want_out, want_rc), r.stdout + r.stderr
     assert "FAULT_SCTX" in r.stderr and code.split(":")[1] in r.stderr
+    assert "no EXEC in the security context" in r.stderr
 
 
 def test_floods_leave_twzd_serving(world, run):

@@ -375,7 +375,12 @@ static void twz_rt_die(const struct twz_fault_record *f)
 	twz_rt_put_hex(buf, &len, cap, f->slot, 1);
 	twz_rt_put(buf, &len, cap, ", flags 0x");
 	twz_rt_put_hex(buf, &len, cap, f->flags, 1);
-	twz_rt_put(buf, &len, cap, ")\n");
+	twz_rt_put(buf, &len, cap, ")");
+	if(f->fault == FAULT_SCTX) /* the refused access: the permission the context lacks */
+		twz_rt_put(buf, &len, cap, (f->flags & FAULT_OBJECT_EXEC)    ? ": no EXEC in the security context"
+		                           : (f->flags & FAULT_OBJECT_WRITE) ? ": no WRITE in the security context"
+		                                                             : ": no READ in the security context");
+	twz_rt_put(buf, &len, cap, "\n");
 	ssize_t w = write(2, buf, len);
 	(void)w;
 	_exit(TWZ_FAULT_EXIT_BASE + f->fault);
