@@ -102,6 +102,7 @@ def _async_class(exc: TwzFault) -> type:
         base.__init__(self, str(exc), addr=exc.addr, ip=exc.ip, objid=exc.objid, slot=exc.slot,
                       flags=exc.flags)
         self.info, self.tid = exc.info, exc.tid
+        _awaiting.discard(exc.tid)  # raised in its thread now: a later fault is a new one
 
     return type(base.__name__, (base,), {"__init__": __init__, "__module__": base.__module__,
                                          "__qualname__": base.__qualname__})
@@ -114,13 +115,28 @@ def _die(exc: TwzFault, where: str) -> None:
     os._exit(c.TWZ_FAULT_EXIT_BASE + exc.fault)
 
 
+# Threads given a fault exception that they have not raised yet. A thread keeps faulting on the
+# same access until it reaches a point where Python raises the exception; those repeats are the
+# same fault and must not queue a second exception into its except clause.
+# Repeats can also still be queued after the thread has raised the exception and ended, so a
+# thread that was given one and is gone now is not a reason to end the program.
+_awaiting: set = set()
+_given: set = set()
+
+
 def _raise_in(tid: int, exc: TwzFault) -> None:
+    if tid in _awaiting:
+        return
     thread = next((t for t in threading.enumerate() if t.native_id == tid), None)
-    if thread is None:  # a thread Python does not run (a C thread), or one that has ended
-        _die(exc, f"thread {tid}")
+    if thread is None:
+        if tid in _given:
+            return
+        _die(exc, f"thread {tid}")  # a thread Python does not run: a C thread
     set_exc = ctypes.pythonapi.PyThreadState_SetAsyncExc
     if set_exc(ctypes.c_ulong(thread.ident), ctypes.py_object(_async_class(exc))) != 1:
         _die(exc, f"thread {tid}")
+    _awaiting.add(tid)
+    _given.add(tid)
 
 
 def deliver_queued(take) -> None:

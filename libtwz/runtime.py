@@ -19,8 +19,28 @@ from .ids import ObjID
 
 FAULT_SIGNUM = signal.SIGRTMIN + 6
 
+_delivering = False
+_missed = False
+
+
 def _on_fault_signal(signum, frame):
-    _fault.deliver_queued(lib.twz_rt_take_pending)
+    # Not re-entrant: taking a record restores the faulting thread's page, so a thread still
+    # looping on it faults again at once, and Python would run this handler again at the next
+    # call inside it, recursing without end before any fault is delivered. A signal that comes
+    # meanwhile is noted and its record taken by another pass of the running delivery.
+    global _delivering, _missed
+    if _delivering:
+        _missed = True
+        return
+    _delivering = True
+    try:
+        while True:
+            _missed = False
+            _fault.deliver_queued(lib.twz_rt_take_pending)
+            if not _missed:
+                break
+    finally:
+        _delivering = False
 
 
 def _copy(dst, src, n) -> None:
