@@ -31,10 +31,13 @@ for _ in range(3):                        # take some slots so the objects land 
 shared = libtwz.Object.open(sys.argv[1], write=True)
 value = int.from_bytes(shared.view()[0x1000:0x1008], "little")
 target, off = shared.load_ptr(0x1008)
-maps = os.stat(f"/proc/self/map_files/{shared.address + 0x1000:x}-{shared.address + (1 << 30):x}")
+# the mapping's device and inode from /proc/self/maps (map_files needs CAP_SYS_ADMIN, which
+# programs run without)
+ino, dev = next(ln.split()[4:2:-1] for ln in open("/proc/self/maps")
+                if ln.startswith(f"{shared.address + 0x1000:x}-"))
 shared.view()[0x1010:0x1018] = (value + 1).to_bytes(8, "little")
 print(json.dumps({"slot": shared.slot, "target_slot": target.slot, "value": value,
-                  "data": target.read(off, 18).decode(), "ino": maps.st_ino, "dev": maps.st_dev,
+                  "data": target.read(off, 18).decode(), "ino": ino, "dev": dev,
                   "aligned": shared.address % (1 << 30) == 0 and target.address % (1 << 30) == 0}))
 """
 

@@ -2,11 +2,11 @@
 
   twz [--home DIR] daemon status|start|stop
   twz cflags            compiler flags for native programs (the twz/*.h include directory)
+  twz [--home DIR] key|object|cap|sctx ...   keys, capabilities, security contexts
+                        (twzlinux/cli/twzsec.py, docs/security.md)
   twz [--home DIR] ps   the live Twizzler threads (the root KSO's): Linux pid, ID, view, name
   twz [--home DIR] stat|snapshot OBJ   an object's pages; a point-in-time copy of it
                         (twzlinux/cli/twzobj.py, docs/userfaultfd.md)
-  twz [--home DIR] key|object|cap|sctx ...   keys, capabilities, security contexts
-                        (twzlinux/cli/twzsec.py, docs/security.md)
 """
 
 import argparse
@@ -79,8 +79,8 @@ def main(argv=None) -> int:
     d.add_argument("action", choices=("status", "start", "stop"))
     sub.add_parser("cflags", help="print compiler flags for native Twizzler programs")
     twzobj.add_parsers(sub)
-    sub.add_parser("ps", help="list the live Twizzler threads with their views and names")
     twzsec.add_parsers(sub)
+    sub.add_parser("ps", help="list the live Twizzler threads with their views and names")
     opts = ap.parse_args(argv)
     if opts.command == "cflags":
         from twzlinux.native import INCLUDE_DIR

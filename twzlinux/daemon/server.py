@@ -25,9 +25,9 @@ from twzlinux.daemon import protocol
 from twzlinux.daemon.control import Control
 from twzlinux.daemon.seccomp import Listener
 from twzlinux.daemon.trace import TraceDir
+from twzlinux.daemon import secops
 from twzlinux.daemon.uffd import UffdPort, start_pager
 from twzlinux.daemon import objops
-from twzlinux.daemon import secops
 from twzlinux.kernel.core import Kernel
 
 log = logging.getLogger("twzd")
@@ -393,10 +393,10 @@ class Daemon:
         _raise_map_count()
         self.loop = uvloop.new_event_loop()
         self.kernel = Kernel(self.home, self._console)
+        self.kernel.control = Control(self)
         self.kernel.objects.lazy.port = UffdPort(self.loop, self.kernel.objects.lazy)
         start_pager(self.loop, self.kernel, self.home)
         self.kernel.on_host = self._watch_host
-        self.kernel.control = Control(self)
         if self.sock_path.exists() or self.sock_path.is_symlink():
             self.sock_path.unlink()  # left by a daemon that died; the lock proves it is gone
         self.sock = protocol.new_socket()

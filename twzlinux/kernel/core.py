@@ -72,15 +72,15 @@ class Kernel:
                                         fixed_id=c.KSO_ROOT_ID, kernel=True)
         kso.set_name(self.root, "root")
         self.root_namespace = self._root_namespace()
+        # the daemon's adapter for acting on Linux threads (twzlinux.daemon.control)
+        self.control = None
+        self.access = Access(self.objects)
+        self.dirty = DirtyPages(self.objects.lazy)
+        self.quota = Quota(self.objects)
         self.threads = Threads(self)
         self.hosted: dict[int, Process] = {}  # pid -> a process forked to host a thread
         self.on_host: Callable[[Process], None] = lambda proc: None  # the daemon watches it
         self.caller: int | None = None  # Linux tid of the current syscall's caller
-        self.access = Access(self.objects)
-        self.dirty = DirtyPages(self.objects.lazy)
-        self.quota = Quota(self.objects)
-        # the daemon's adapter for acting on Linux threads (twzlinux.daemon.control)
-        self.control = None
 
     def _root_namespace(self) -> int:
         """The persistent root namespace, created on first start and found again after."""

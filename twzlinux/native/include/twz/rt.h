@@ -92,10 +92,10 @@ uint64_t twz_rt_fetch_add64(uint64_t *p, uint64_t v);
 uint64_t twz_rt_fetch_or64(uint64_t *p, uint64_t v);
 uint64_t twz_rt_fetch_and64(uint64_t *p, uint64_t v);
 
+#include <twz/thread.h> /* threads, thread_sync, mutexes, events */
+
 #include <twz/fault.h> /* fault-info structures, twz_fault_set, the view's fault handlers */
 #include <twz/become.h> /* twz_rt_become: BECOME with the view switch */
-
-#include <twz/thread.h> /* threads, thread_sync, mutexes, events */
 
 #ifdef TWZ_RT_IMPLEMENTATION
 
@@ -602,6 +602,8 @@ static int twz_rt_install_handlers(void)
 	return 0;
 }
 
+static int twz_thread_install(void); /* twz/thread.h: serves the trapped THRD_SYNC/THRD_CTL */
+
 /* Hand twzd a userfaultfd of this mm, which twzd uses to serve lazy copies (docs/userfaultfd.md).
  * Made here, after exec: exec replaces the mm a uffd belongs to. Our own copy is closed at once,
  * so that only twzd reads its events. Without one (no userfaultfd, an older twzd), twzd copies
@@ -632,8 +634,6 @@ static void twz_rt_uffd_handover(void)
 	if(wfd >= 0)
 		close((int)wfd);
 }
-
-static int twz_thread_install(void); /* twz/thread.h: serves the trapped THRD_SYNC/THRD_CTL */
 
 int twz_rt_reserve_window(void)
 {
