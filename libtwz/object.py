@@ -1,6 +1,7 @@
 """Objects: create, open, map, and the persistent pointers between them (Twizzler's twz/obj.h)."""
 
 import errno
+import functools
 import os
 import struct
 from collections import namedtuple
@@ -39,6 +40,7 @@ def stat(oid: int) -> Stat:
                                                       st.KERNEL_OSTAT.size)))
 
 
+@functools.cache
 def _thread_id() -> int:
     return ObjID.parse(os.environ["TWZ_THREAD"])
 
@@ -64,6 +66,7 @@ class Object:
         self._fot_cache = {}  # FOT index -> resolved target handle
         self._fot_index = {}  # (target id, flags) -> FOT index, to skip the dedup scan
         self._allocator = None
+        self._thread_tie = None  # the thread repr `create` tied this temporary to
 
     # --- life cycle ------------------------------------------------------------------------
     @classmethod
@@ -97,6 +100,8 @@ class Object:
             tsys.sys_otie(_thread_id(), oid, 0)
             tsys.sys_odelete(oid, 0)
         obj = cls._attach(oid, c.FE_READ | (c.FE_WRITE if perms & c.MIP_DFL_WRITE else 0))
+        if tied:
+            obj._thread_tie = _thread_id()
         if name is not None:
             from . import names
             try:
@@ -126,7 +131,14 @@ class Object:
         return obj
 
     def delete(self, *, immediate: bool = False) -> None:
-        """ODELETE: the object goes once nothing references it (IMMEDIATE also hides it)."""
+        """ODELETE: the object goes once nothing references it (IMMEDIATE also hides it).
+
+        A temporary that `create` tied to this thread is untied too: whoever deletes it is done
+        with it, and otherwise it would live (and count against the program's object quota)
+        until the thread exits."""
+        if self._thread_tie is not None:
+            tsys.sys_otie(self._thread_tie, self.id, c.OTIE_UNTIE)
+            self._thread_tie = None
         tsys.sys_odelete(self.id, c.TWZ_SYS_OD_IMMEDIATE if immediate else 0)
 
     def release(self) -> None:

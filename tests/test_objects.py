@@ -218,3 +218,19 @@ def test_w_xor_x(twzrun):
     assert wx.returncode == 112 + c.FAULT_OBJECT, wx.stderr
     assert "returned" not in wx.stdout
     assert "FAULT_OBJECT" in wx.stderr
+
+
+def test_deleted_temporaries_do_not_pile_up(twzrun):
+    # create() ties a temporary to the thread; delete() must give it up, or a long-running
+    # program would keep every one until it exits (and run into its object quota).
+    proc = twzrun("""
+import libtwz
+for i in range(5000):
+    o = libtwz.Object.create()
+    o.view()[0x1000] = 1
+    o.delete()
+    o.release()
+print("done", i + 1)
+""", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["done", "5000"]
