@@ -8,12 +8,12 @@ of the same library.
 usage: [twzrun] benchmarks/cap_verify.py cold|cached [N]
 """
 
-import json
-import statistics
 import sys
 import time
 
 from twzlinux.kernel import security as sec
+
+from timing import report  # benchmarks/timing.py
 
 mode = sys.argv[1]
 n = int(sys.argv[2]) if len(sys.argv) > 2 else 2000
@@ -30,12 +30,4 @@ def once():
     assert perms == sec.SCP_READ
 
 
-clock = time.perf_counter_ns
-for _ in range(min(n, 50)):
-    once()
-times = []
-for _ in range(n):
-    t0 = clock()
-    once()
-    times.append(clock() - t0)
-print(json.dumps({"median_us": statistics.median(times) / 1000, "n": n}))
+report(once, n)

@@ -10,13 +10,10 @@ kernel is a private one in a temp dir: this measures the check, not the trip to 
 usage: [twzrun] benchmarks/map_check.py sctx|temporary [N]
 """
 
-import json
 import mmap
 import os
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from twzlinux.abi import constants as c
@@ -25,6 +22,8 @@ from twzlinux.abi.syscalls import BY_NAME, split_args
 from twzlinux.kernel import secadmin
 from twzlinux.kernel import security as sec
 from twzlinux.kernel.core import Kernel
+
+from timing import report  # benchmarks/timing.py
 
 mode = sys.argv[1]
 n = int(sys.argv[2]) if len(sys.argv) > 2 else 2000
@@ -49,13 +48,5 @@ def once():
     k.objects.unmap_all(proc)
 
 
-clock = time.perf_counter_ns
-for _ in range(min(n, 50)):
-    once()
-times = []
-for _ in range(n):
-    t0 = clock()
-    once()
-    times.append(clock() - t0)
+report(once, n)
 k.close()
-print(json.dumps({"median_us": statistics.median(times) / 1000, "n": n}))

@@ -6,12 +6,11 @@ obj.view(), obj.delete(), and obj.release() (gives back the slot, like the floor
 usage: twzrun benchmarks/object_create.py [N]
 """
 
-import json
-import statistics
 import sys
-import time
 
 import libtwz
+
+from timing import report  # benchmarks/timing.py
 
 n = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
 
@@ -23,12 +22,4 @@ def once():
     obj.release()
 
 
-clock = time.perf_counter_ns
-for _ in range(min(n, 50)):
-    once()
-times = []
-for _ in range(n):
-    t0 = clock()
-    once()
-    times.append(clock() - t0)
-print(json.dumps({"median_us": statistics.median(times) / 1000, "n": n}))
+report(once, n)
