@@ -140,23 +140,24 @@ static void twz_rt_on_trap(int sig, siginfo_t *si, ucontext_t *uc)
 /* The guarded twin of twz_rt_copy for a call into code that may fault: 0 with *ret, or -1 with
  * *f. The call is abandoned at the fault, so the code must hold no locks (libtwz uses it to
  * let Python catch FAULT_EXCEPTION from machine code it runs). */
+struct twz_rt_call_args {
+	long (*fn)(long);
+	long arg, ret;
+};
+
+static void twz_rt_call_op(void *ctx)
+{
+	struct twz_rt_call_args *a = ctx;
+	a->ret = a->fn(a->arg);
+}
+
 int twz_rt_call(long (*fn)(long), long arg, long *ret, struct twz_fault_record *f)
 {
-	struct twz_fault_record spare;
-	struct twz_rt_guard g;
-	struct twz_rt_guard *outer = twz_rt_guard_current;
-	g.record = f ? f : &spare;
-	if(sigsetjmp(g.env, 0)) {
-		twz_rt_guard_current = outer;
+	struct twz_rt_call_args a = { fn, arg, 0 };
+	if(twz_rt_guarded(twz_rt_call_op, &a, f) < 0)
 		return -1;
-	}
-	twz_rt_guard_current = &g;
-	__atomic_signal_fence(__ATOMIC_SEQ_CST);
-	long r = fn(arg);
-	__atomic_signal_fence(__ATOMIC_SEQ_CST);
-	twz_rt_guard_current = outer;
 	if(ret)
-		*ret = r;
+		*ret = a.ret;
 	return 0;
 }
 

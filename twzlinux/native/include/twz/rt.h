@@ -335,6 +335,7 @@ struct twz_rt_guard {
 /* initial-exec: the handler reads it, and a dlopened module's dynamic TLS could be allocated
  * (malloc) on a thread's first access, which must not happen inside a signal handler. */
 static __thread struct twz_rt_guard *twz_rt_guard_current __attribute__((tls_model("initial-exec")));
+static int twz_rt_guarded(void (*op)(void *), void *ctx, struct twz_fault_record *f);
 
 static void twz_rt_put(char *buf, size_t *len, size_t cap, const char *s)
 {
@@ -678,7 +679,9 @@ int twz_rt_init_fd(int fd, uint64_t view_lo, uint64_t view_hi)
 
 /* ---- guarded access ------------------------------------------------------------------------ */
 
-int twz_rt_copy(void *dst, const void *src, size_t n, struct twz_fault_record *f)
+/* Run op(ctx) with a recovery point: a fault inside it is recorded in *f (if given) and the
+ * call returns -1 instead of the process taking the fault; otherwise 0. Guards nest. */
+static int twz_rt_guarded(void (*op)(void *), void *ctx, struct twz_fault_record *f)
 {
 	struct twz_fault_record spare;
 	struct twz_rt_guard g;
@@ -689,12 +692,30 @@ int twz_rt_copy(void *dst, const void *src, size_t n, struct twz_fault_record *f
 		return -1;
 	}
 	twz_rt_guard_current = &g;
-	/* Keep the compiler from moving the copy outside the guarded region. */
+	/* Keep the compiler from moving the work outside the guarded region. */
 	__atomic_signal_fence(__ATOMIC_SEQ_CST);
-	memcpy(dst, src, n);
+	op(ctx);
 	__atomic_signal_fence(__ATOMIC_SEQ_CST);
 	twz_rt_guard_current = outer;
 	return 0;
+}
+
+struct twz_rt_copy_args {
+	void *dst;
+	const void *src;
+	size_t n;
+};
+
+static void twz_rt_copy_op(void *ctx)
+{
+	struct twz_rt_copy_args *a = ctx;
+	memcpy(a->dst, a->src, a->n);
+}
+
+int twz_rt_copy(void *dst, const void *src, size_t n, struct twz_fault_record *f)
+{
+	struct twz_rt_copy_args a = { dst, src, n };
+	return twz_rt_guarded(twz_rt_copy_op, &a, f);
 }
 
 /* ---- view: entries, lock, slot allocator ---------------------------------------------------- */
