@@ -190,18 +190,21 @@ class Object:
 
     # --- persistent pointers (§2.6) -----------------------------------------------------------
     def store_ptr(self, offset: int, target: "Object", target_offset: int, *,
-                  write: bool = False) -> int:
+                  write: bool = False, derive: bool = False) -> int:
         """Store a persistent pointer to `target_offset` in `target` at `offset`; returns it.
 
         A pointer into this object is local (the plain offset); any other target goes through
-        a FOT entry (added, or reused when one with the same ID and flags exists)."""
+        a FOT entry (added, or reused when one with the same ID and flags exists). With
+        `derive`, the entry is FE_DERIVE: each program that resolves the pointer gets its own
+        writable copy of the target, as it was then."""
         if not 0 <= target_offset < c.OBJ_MAXSIZE:
             raise ValueError(f"target offset {target_offset:#x} is outside a 1 GiB object")
         if target.id == self.id:
             ptr = target_offset
         else:
-            ptr = (self.add_fot(target.id, c.FE_READ | (c.FE_WRITE if write else 0)) << 30) \
-                | target_offset
+            flags = c.FE_READ | (c.FE_WRITE if write or derive else 0)
+            flags |= c.FE_DERIVE if derive else 0
+            ptr = (self.add_fot(target.id, flags) << 30) | target_offset
         self.write(offset, _U64.pack(ptr))
         return ptr
 
@@ -235,14 +238,16 @@ class Object:
         if flags & c.FE_NAME:
             raise fault(c.FAULT_PPTR_RESOLVE, f"FOT entry {idx} is a name (FE_NAME), which this "
                                               "version does not resolve")
-        if flags & c.FE_DERIVE:
-            raise fault(c.FAULT_PPTR_DERIVE, f"FOT entry {idx} asks for a derived copy "
-                                             "(FE_DERIVE), which is resolved only on fault")
         perms = flags & _RWX
         if perms & c.FE_WRITE:
             perms &= ~c.FE_EXEC  # W^X, as twz_object_lea does
         try:
             stat(oid)
+            if flags & c.FE_DERIVE:
+                # A private copy of the target, as Twizzler's fault path makes one
+                # (twz_object_create(DFL_READ|DFL_WRITE, 0, id)): a temporary of this program,
+                # copied lazily by twzd where the objects allow it.
+                return Object.create(src=oid)
             return Object._attach(oid, perms)
         except TwzError as e:
             raise fault(c.FAULT_PPTR_RESOLVE if e.errno == errno.ENOENT else c.FAULT_PPTR_RESOURCES,

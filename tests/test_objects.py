@@ -234,3 +234,36 @@ print("done", i + 1)
 """, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["done", "5000"]
+
+
+DERIVE_PROGRAM = """
+import sys, libtwz
+shared = libtwz.Object.open(sys.argv[1], write=True)
+copy, off = shared.load_ptr(0x1000)
+print(copy.id != libtwz.ObjID.parse(sys.argv[2]), copy.read(off, 8).decode(), flush=True)
+copy.write(off, sys.argv[3].encode())
+again, _ = shared.load_ptr(0x1000)
+print(again is copy, copy.read(off, 8).decode())
+"""
+
+
+def test_fe_derive_pointers_resolve_to_a_private_copy(twzrun):
+    made = twzrun("""
+import uuid, libtwz
+name = f"/tests/derive-{uuid.uuid4().hex}"
+base = libtwz.Object.create(name=name)
+original = libtwz.Object.create(tied=False)
+original.write(0x1000, b"original")
+base.store_ptr(0x1000, original, 0x1000, derive=True)
+print(name, original.id)
+""")
+    assert made.returncode == 0, made.stderr
+    name, original = made.stdout.split()
+    first = twzrun(DERIVE_PROGRAM, name, original, "changed1")
+    second = twzrun(DERIVE_PROGRAM, name, original, "changed2")
+    for run, text in ((first, "changed1"), (second, "changed2")):
+        assert run.returncode == 0, run.stderr
+        # a copy, not the original; it starts as the original was, whatever the other wrote
+        assert run.stdout.splitlines() == ["True original", f"True {text}"]
+    check = twzrun(f"import libtwz; print(libtwz.Object.open('{original}').read(0x1000, 8))")
+    assert check.stdout.strip() == "b'original'", check.stderr
