@@ -138,6 +138,10 @@ class Thread:
 
     def _run_here(self) -> None:
         self._become(self.repr.slot)
+        try:
+            tsys.sys_lx_thrd_start(self.repr.id)  # so that SIGNAL reaches this Linux thread
+        except TwzError as e:
+            print(f"libtwz: thread {self.repr.id} cannot receive SIGNAL: {e}", file=sys.stderr)
         self._finish(self._run_target())
 
     def _finish(self, code: int) -> None:

@@ -172,6 +172,9 @@ TABLE = (
     Syscall(LX_BASE + 0x11, "LX_THRD_HOST", (_id("tid"),), personality=True,
             doc="Called by a process forked to run thread `tid`, spawned into another view: "
                 "twzd makes the caller a process of that view running that thread."),
+    Syscall(LX_BASE + 0x12, "LX_THRD_START", (_id("tid"),), personality=True,
+            doc="Called by thread `tid` (of the caller's process) as it starts: twzd records "
+                "the calling Linux thread, so that SIGNAL reaches it (docs/threads.md)."),
 )
 
 BY_NR = {s.nr: s for s in TABLE}

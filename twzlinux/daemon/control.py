@@ -62,17 +62,20 @@ class Control:
     def linux_thread(self, thread_id: int) -> tuple[int, int]:
         """(tgid, tid) of the Linux thread running Twizzler thread `thread_id`: the main thread
         of the process whose first thread it is (a program's TWZ_THREAD, or a thread spawned
-        into another view, whose host process runs it). A thread spawned into its creator's
-        process is one of that process's Linux threads, which twzd cannot tell apart: ENOTSUP.
+        into another view, whose host process runs it), or the Linux thread that said it runs
+        it (LX_THRD_START: a thread spawned into its creator's process). ENOENT for a thread
+        that has exited or not started yet.
         """
         t = self.daemon.kernel.threads.live.get(thread_id)
         proc = t.proc if t is not None else None
         if proc is None or proc.pid is None:
             raise SyscallError(errno.ENOENT, f"no running thread {id_str(thread_id)}")
-        if proc.thread_id != thread_id:
-            raise SyscallError(errno.ENOTSUP, f"thread {id_str(thread_id)} shares its process "
-                                              "with its creator; twzd cannot signal it alone")
-        return proc.pid, proc.pid
+        if proc.thread_id == thread_id:
+            return proc.pid, proc.pid
+        if t.linux_tid is None:
+            raise SyscallError(errno.ENOENT, f"thread {id_str(thread_id)} has not started (its "
+                                             "runtime calls LX_THRD_START as it starts)")
+        return proc.pid, t.linux_tid
 
     def signal(self, thread_id: int, args: list[int]) -> None:
         tgid, tid = self.linux_thread(thread_id)

@@ -5,7 +5,8 @@ live thread (KSO_THREAD, reprid, root KSO attachment, its view recorded); the ca
 then starts the Linux thread (same view) or forks a process that calls LX_THRD_HOST to become the
 host of the thread's view (another view). docs/threads.md has the whole story.
 
-A thread ends with LX_THRD_EXIT, or when its process dies: either way its repr gets the exit code
+A thread started in its creator's process tells twzd its Linux thread with LX_THRD_START, so
+that SIGNAL can reach it. A thread ends with LX_THRD_EXIT, or when its process dies: either way its repr gets the exit code
 in syncinfos[EXIT], syncs[EXIT] = 1 and a futex wake on that word, so `join` works from any
 process, and it leaves the root KSO.
 """
@@ -45,6 +46,7 @@ class Thread:
     view_id: int
     proc: "Process | None"      # the process running it; None until its host registers
     spawner: "Process"
+    linux_tid: int | None = None  # the Linux thread running it, once it says (LX_THRD_START)
 
 
 def _sync_offset(point: int) -> int:
@@ -169,6 +171,17 @@ def sys_lx_thrd_exit(k: "Kernel", proc: "Process", mem, tid, code):
     if t is None or t.proc is not proc:
         raise SyscallError(errno.ESRCH, f"this process runs no thread {s.id_str(tid)}")
     k.threads.exit(tid, code)
+    return 0
+
+
+@handles("LX_THRD_START")
+def sys_lx_thrd_start(k: "Kernel", proc: "Process", mem, tid):
+    """The calling Linux thread runs thread `tid` of the caller's process (ESRCH if the process
+    runs no such thread): SIGNAL then reaches it. The record goes with the thread's exit."""
+    t = k.threads.live.get(tid)
+    if t is None or t.proc is not proc:
+        raise SyscallError(errno.ESRCH, f"this process runs no thread {s.id_str(tid)}")
+    t.linux_tid = k.caller
     return 0
 
 

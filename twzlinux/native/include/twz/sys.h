@@ -237,6 +237,7 @@ __extension__ typedef unsigned __int128 objid_t;
 #define SYS_LX_GATE 0x130
 #define SYS_LX_THRD_EXIT 0x110
 #define SYS_LX_THRD_HOST 0x111
+#define SYS_LX_THRD_START 0x112
 #define NUM_SYSCALLS 24
 
 
@@ -741,6 +742,13 @@ static inline long sys_lx_thrd_exit(objid_t tid, long code)
 static inline long sys_lx_thrd_host(objid_t tid)
 {
 	return twz_syscall6(TWZ_LINUX_NR(SYS_LX_THRD_HOST), (long)ID_LO(tid), (long)ID_HI(tid), 0, 0, 0, 0);
+}
+
+/* Called by thread `tid` (of the caller's process) as it starts: twzd records the calling Linux
+ * thread, so that SIGNAL reaches it (docs/threads.md). */
+static inline long sys_lx_thrd_start(objid_t tid)
+{
+	return twz_syscall6(TWZ_LINUX_NR(SYS_LX_THRD_START), (long)ID_LO(tid), (long)ID_HI(tid), 0, 0, 0, 0);
 }
 
 #endif /* TWZ_SYS_H */

@@ -10,7 +10,8 @@
  *   - A Twizzler thread finds its repr through the gs base: gs = the repr's slot address, as
  *     Twizzler's THRD_SPAWN sets it (the repr is at gs + OBJ_NULLPAGE_SIZE).
  *   - twz_thread_spawn registers the thread with twzd (THRD_SPAWN) and starts it: a pthread
- *     for the caller's view, a forked process (which calls LX_THRD_HOST) for another view.
+ *     for the caller's view, a forked process (which calls LX_THRD_HOST) for another view. The
+ *     new thread's first call, LX_THRD_START, tells twzd its Linux thread (for SIGNAL).
  */
 #include <twz/rt.h>
 
@@ -409,6 +410,9 @@ struct twz_thread_start {
 static void twz_thread_run(struct twz_thread_start *s)
 {
 	twz_thread_set_repr_slot(s->slot);
+	/* twzd learns which Linux thread this is, for SIGNAL; should it fail, the thread still runs
+	 * and a SIGNAL to it is -ENOENT. */
+	sys_lx_thrd_start(s->tid);
 	/* Twizzler's register ABI: rdi = arg, rsi/rdx = thread ID (lo, hi). */
 	((void (*)(void *, uint64_t, uint64_t))(void (*)(void))s->start)(s->arg, ID_LO(s->tid),
 	  ID_HI(s->tid));
