@@ -16,7 +16,9 @@ from twzlinux.daemon import isolation
 
 def _hand_over_listener() -> None:
     launch_fd = int(os.environ.pop("TWZ_LAUNCH_FD"))
-    trace = bool(os.environ.pop("TWZ_TRACE", ""))  # refused Linux calls then go to twzd too
+    # Refused Linux calls then go to twzd too. It stays set: the C runtime reads it to report
+    # the THRD_SYNC/THRD_CTL calls it serves in-process (docs/threads.md).
+    trace = bool(os.environ.get("TWZ_TRACE", ""))
     try:
         listener = seccomp_filter.install(trace)
     except OSError as e:

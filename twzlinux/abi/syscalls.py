@@ -175,6 +175,13 @@ TABLE = (
     Syscall(LX_BASE + 0x12, "LX_THRD_START", (_id("tid"),), personality=True,
             doc="Called by thread `tid` (of the caller's process) as it starts: twzd records "
                 "the calling Linux thread, so that SIGNAL reaches it (docs/threads.md)."),
+    Syscall(LX_BASE + 0x40, "LX_TRACE", (_int("nr"), _int("result"), _uint("a0", "uint64_t"),
+                                         _uint("a1", "uint64_t"), _uint("a2", "uint64_t")),
+            personality=True,
+            doc="Under `twzrun --trace` (TWZ_TRACE=1 at spawn) only: the runtime served THRD_SYNC "
+                "or THRD_CTL (Twizzler number `nr`, arguments a0-a2) in-process and it returned "
+                "`result`; twzd writes the trace line as if it had served the call "
+                "(docs/threads.md). ENOSYS when not tracing."),
 )
 
 BY_NR = {s.nr: s for s in TABLE}

@@ -13,7 +13,7 @@ import os
 import select
 import struct
 
-from twzlinux.abi.syscalls import SYSCALL_BASE
+from twzlinux.abi.syscalls import BY_NAME, SYSCALL_BASE
 from twzlinux.daemon import policy
 from twzlinux.daemon.procmem import ProcMemory
 from twzlinux.daemon.trace import format_call
@@ -38,6 +38,8 @@ SECCOMP_IOCTL_NOTIF_ADDFD = _ioc(_IOW, 3, ADDFD.size)
 SECCOMP_IOCTL_NOTIF_SET_FLAGS = _ioc(_IOW, 4, 8)  # 6.6+, missing from the 6.1 headers
 SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP = 1
 SECCOMP_ADDFD_FLAG_SEND = 2
+_LX_TRACE = BY_NAME["LX_TRACE"].linux_nr
+_SERVED_IN_PROCESS = {BY_NAME["THRD_SYNC"].nr, BY_NAME["THRD_CTL"].nr}  # twz/thread.h serves them
 
 
 class Listener:
@@ -106,6 +108,9 @@ class Listener:
         if notif is None:
             return
         notif_id, tid, _flags, nr, _arch, _ip, *regs = notif
+        if nr == _LX_TRACE and self.trace:
+            self._answer(notif_id, self._served_in_process(tid, regs))
+            return
         mem = ProcMemory(tid, lambda: self._id_valid(notif_id))
         try:
             result = self._call(tid, nr, regs, mem)
@@ -128,6 +133,15 @@ class Listener:
             if self.trace:  # before: the line then precedes anything the caller writes next
                 self.trace(tid, format_call(tid, nr, regs, result))
             self._answer(notif_id, result)
+
+    def _served_in_process(self, tid: int, regs) -> int:
+        """LX_TRACE: the line for a THRD_SYNC/THRD_CTL the runtime served in-process."""
+        nr, result, *args = regs[:5]
+        if nr not in _SERVED_IN_PROCESS:
+            return -errno.EINVAL
+        result = result - (1 << 64) if result >> 63 else result
+        self.trace(tid, format_call(tid, SYSCALL_BASE + nr, [*args, 0, 0, 0], result))
+        return 0
 
     def _process_of(self, tid: int):
         """The caller's kernel record: a process forked to host a thread in another view has its

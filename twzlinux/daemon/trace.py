@@ -1,6 +1,10 @@
 """`twzrun --trace`: one line per Twizzler system call and per refused Linux call, decoded
 through the syscall table and the Linux-call policy, to the program's stderr or to one file per
-thread (`--trace-dir`)."""
+thread (`--trace-dir`).
+
+THRD_SYNC and THRD_CTL never reach twzd (the runtime serves them in its SIGSYS handler): a traced
+program (TWZ_TRACE=1 at spawn) reports each with LX_TRACE, and `format_call` makes its line as if
+twzd had served it (seccomp.Listener, docs/threads.md)."""
 
 import logging
 import os

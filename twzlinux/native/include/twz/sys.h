@@ -238,6 +238,7 @@ __extension__ typedef unsigned __int128 objid_t;
 #define SYS_LX_THRD_EXIT 0x110
 #define SYS_LX_THRD_HOST 0x111
 #define SYS_LX_THRD_START 0x112
+#define SYS_LX_TRACE 0x140
 #define NUM_SYSCALLS 24
 
 
@@ -749,6 +750,14 @@ static inline long sys_lx_thrd_host(objid_t tid)
 static inline long sys_lx_thrd_start(objid_t tid)
 {
 	return twz_syscall6(TWZ_LINUX_NR(SYS_LX_THRD_START), (long)ID_LO(tid), (long)ID_HI(tid), 0, 0, 0, 0);
+}
+
+/* Under `twzrun --trace` (TWZ_TRACE=1 at spawn) only: the runtime served THRD_SYNC or THRD_CTL
+ * (Twizzler number `nr`, arguments a0-a2) in-process and it returned `result`; twzd writes the
+ * trace line as if it had served the call (docs/threads.md). ENOSYS when not tracing. */
+static inline long sys_lx_trace(long nr, long result, uint64_t a0, uint64_t a1, uint64_t a2)
+{
+	return twz_syscall6(TWZ_LINUX_NR(SYS_LX_TRACE), (long)nr, (long)result, (long)a0, (long)a1, (long)a2, 0);
 }
 
 #endif /* TWZ_SYS_H */

@@ -328,6 +328,14 @@ void twz_thread_exit(uint64_t code)
 /* ---- the raw syscalls, trapped ----------------------------------------------------------- */
 
 static struct sigaction twz_thread_old_sys;
+/* Set once at install from TWZ_TRACE (twzd sets it at spawn under `twzrun --trace`): calls served
+ * here never reach twzd, so when traced the handler reports each one with LX_TRACE. */
+static int twz_thread_traced;
+
+static void twz_thread_report(long nr, long ret, const greg_t *r)
+{
+	sys_lx_trace(nr - TWZ_LINUX_NR(0), ret, r[REG_RDI], r[REG_RSI], r[REG_RDX]);
+}
 
 static void twz_thread_on_sigsys(int sig, siginfo_t *si, void *ctx)
 {
@@ -348,10 +356,14 @@ static void twz_thread_on_sigsys(int sig, siginfo_t *si, void *ctx)
 	if(nr == TWZ_LINUX_NR(SYS_THRD_SYNC))
 		ret = twz_thread_sync_multiple((size_t)r[REG_RDI], (struct sys_thread_sync_args *)r[REG_RSI],
 		  (const struct timespec *)r[REG_RDX]);
-	else if(nr == TWZ_LINUX_NR(SYS_THRD_CTL))
+	else if(nr == TWZ_LINUX_NR(SYS_THRD_CTL)) {
+		if(twz_thread_traced && r[REG_RDI] == THRD_CTL_EXIT)
+			twz_thread_report(nr, 0, r); /* now: EXIT does not return */
 		ret = twz_thread_ctl(r[REG_RDI], r[REG_RSI]);
-	else
+	} else
 		ret = -ENOSYS;
+	if(twz_thread_traced)
+		twz_thread_report(nr, ret, r);
 	r[REG_RAX] = ret;
 	errno = saved_errno;
 }
@@ -372,6 +384,8 @@ static int twz_thread_install(void)
 	sigemptyset(&sa.sa_mask);
 	if(sigaction(SIGSYS, &sa, &twz_thread_old_sys) < 0)
 		return -errno;
+	const char *trace = getenv("TWZ_TRACE");
+	twz_thread_traced = trace && trace[0] == '1';
 	if(prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) != 1)
 		return 0;
 	struct sock_filter code[] = {
