@@ -130,8 +130,10 @@ uint64_t twz_rt_fetch_and64(uint64_t *p, uint64_t v);
 
 #define TWZ_RT_USERFAULTFD_IOC_NEW _IO(0xAA, 0x00) /* linux/userfaultfd.h, 6.1+ */
 
-/* Per-slot state: 0 while the slot is the bare reservation, else MAPPED | the PROT_* bits. */
+/* Per-slot state: 0 while the slot is the bare reservation, MAPPING while one thread maps it
+ * (it claimed the slot with a CAS; others wait), else MAPPED | the PROT_* bits. */
 #define TWZ_RT_SLOT_MAPPED 0x80
+#define TWZ_RT_SLOT_MAPPING 0x40
 
 static struct {
 	int reserved;
@@ -175,32 +177,52 @@ static int twz_rt_prot_of_fd(int fd)
 	return (fl >= 0 && (fl & O_ACCMODE) == O_RDWR) ? PROT_READ | PROT_WRITE : PROT_READ;
 }
 
-/* Map an object over a slot, all but the null page (left reserved so that a null pointer of any
- * slot faults). Exec needs the entry's VE_EXEC (want_exec, W^X already applied): an fd's access
- * mode cannot say "executable", but twzd refuses LX_OBJFD for EXEC unless the caller's security
- * context grants it (defaults or a capability), so the fd in hand answers the question. Safe in
- * the signal handler: mmap, mprotect and fcntl are plain system calls. */
+/* Take the slot for mapping: 1 if this thread now holds it (state MAPPING), 0 if its state is no
+ * longer `seen` (another thread mapped or unmapped it meanwhile: retry the access). */
+static int twz_rt_claim(uint64_t slot, uint8_t seen)
+{
+	return __atomic_compare_exchange_n(twz_rt_state(slot), &seen, TWZ_RT_SLOT_MAPPING, 0,
+	  __ATOMIC_ACQUIRE, __ATOMIC_RELAXED);
+}
+
+/* Map an object over a claimed slot, all but the null page (left reserved so that a null pointer
+ * of any slot faults). Exec needs the entry's VE_EXEC (want_exec, W^X already applied): an fd's
+ * access mode cannot say "executable", but twzd refuses LX_OBJFD for EXEC unless the caller's
+ * security context grants it (defaults or a capability), so the fd in hand answers the question.
+ *
+ * When twzd holds a userfaultfd of this mm, the mapping stays PROT_NONE until twzd has trapped it
+ * (LX_MAPPED): until then a lazy copy's unfilled pages would read as holes (and the holes would
+ * stay, zero pages in the copy's image), and a write to a source would reach the copies that still
+ * owe its pages. Threads that touch the slot meanwhile wait in the handler for MAPPING to end.
+ * Safe in the signal handler: mmap, mprotect and fcntl are plain system calls. */
 static int twz_rt_map_fd(uint64_t slot, int fd, int want_exec, objid_t id)
 {
-	char *base = twz_rt_slot_base(slot);
-	int prot = twz_rt_prot_of_fd(fd);
-	if(mmap(base + OBJ_NULLPAGE_SIZE, OBJ_MAXSIZE - OBJ_NULLPAGE_SIZE, prot, MAP_SHARED | MAP_FIXED,
-	     fd, OBJ_NULLPAGE_SIZE)
-	   == MAP_FAILED) {
-		int err = errno;
-		/* A failed MAP_FIXED may have unmapped the range: reserve it again before Linux reuses it. */
-		twz_rt_unmap_local(slot);
-		return -err;
-	}
-	/* Before any touch: twzd may have to trap this fresh mapping (a lazy copy, or its source). */
+	char *base = twz_rt_slot_base(slot) + OBJ_NULLPAGE_SIZE;
+	size_t len = OBJ_MAXSIZE - OBJ_NULLPAGE_SIZE;
+	int prot = twz_rt_prot_of_fd(fd), first = twz_rt.uffd_given ? PROT_NONE : prot;
+	if(mmap(base, len, first, MAP_SHARED | MAP_FIXED, fd, OBJ_NULLPAGE_SIZE) == MAP_FAILED)
+		goto fail;
 	if(twz_rt.uffd_given)
-		sys_lx_mapped(base, id);
-	if(want_exec
-	   && mprotect(base + OBJ_NULLPAGE_SIZE, OBJ_MAXSIZE - OBJ_NULLPAGE_SIZE, prot | PROT_EXEC) == 0) {
+		sys_lx_mapped(base - OBJ_NULLPAGE_SIZE, id);
+	if(want_exec && mprotect(base, len, prot | PROT_EXEC) == 0)
 		prot |= PROT_EXEC;
-	}
+	else if(first != prot && mprotect(base, len, prot) < 0)
+		goto fail;
 	__atomic_store_n(twz_rt_state(slot), TWZ_RT_SLOT_MAPPED | prot, __ATOMIC_RELEASE);
 	return 0;
+fail:;
+	int err = errno;
+	/* A failed MAP_FIXED may have unmapped the range: reserve it again before Linux reuses it. */
+	twz_rt_unmap_local(slot);
+	return -err;
+}
+
+/* Another thread holds the slot for mapping: wait until it is done (it holds no lock we hold;
+ * the slot state is its only word). */
+static void twz_rt_await_mapping(uint64_t slot)
+{
+	while(__atomic_load_n(twz_rt_state(slot), __ATOMIC_ACQUIRE) == TWZ_RT_SLOT_MAPPING)
+		sched_yield();
 }
 
 /* ---- the view -------------------------------------------------------------------------------- */
@@ -244,6 +266,10 @@ static int twz_rt_map_view(int fd, objid_t id)
 		return r;
 	if(twz_rt.view_mapped)
 		return twz_rt.view_id == id ? 0 : -EBUSY;
+	/* Mapped already when BECOME replaces the view (twz/become.h) */
+	uint8_t state = __atomic_load_n(twz_rt_state(SLOT_CVIEW), __ATOMIC_ACQUIRE);
+	if(state == TWZ_RT_SLOT_MAPPING || !twz_rt_claim(SLOT_CVIEW, state))
+		return -EBUSY;
 	r = twz_rt_map_fd(SLOT_CVIEW, fd, 0, id);
 	if(r < 0)
 		return r;
@@ -262,11 +288,13 @@ static uint32_t twz_rt_access(const ucontext_t *uc)
 	return (err & TWZ_RT_PF_WRITE) ? FAULT_OBJECT_WRITE : FAULT_OBJECT_READ;
 }
 
-/* An unmapped slot was touched: map what the view names there. 1 = mapped (retry), 0 = *f. */
-static int twz_rt_map_entry(struct twz_fault_record *f, objid_t id, uint32_t vflags)
+/* An unmapped slot was touched and claimed (its state was `seen`): map what the view names
+ * there. 1 = mapped (retry), 0 = *f. */
+static int twz_rt_map_entry(struct twz_fault_record *f, objid_t id, uint32_t vflags, uint8_t seen)
 {
 	long fd = sys_lx_objfd(id, (int)(vflags & (VE_READ | VE_WRITE | VE_EXEC)));
 	if(fd < 0) {
+		__atomic_store_n(twz_rt_state(f->slot), seen, __ATOMIC_RELEASE);
 		if(fd == -EACCES) {
 			f->fault = FAULT_SCTX;
 		} else {
@@ -306,15 +334,19 @@ static int twz_rt_resolve(struct twz_fault_record *f, uint32_t access)
 		return 0;
 	}
 	uint8_t state = __atomic_load_n(twz_rt_state(f->slot), __ATOMIC_ACQUIRE);
-	/* Every mapping is readable, so a read fault on a "mapped" slot means another thread just
-	 * put the reservation back: map again. */
+	if(state == TWZ_RT_SLOT_MAPPING) {
+		twz_rt_await_mapping(f->slot);
+		return 1;
+	}
+	/* Every finished mapping is readable, so a read fault on a "mapped" slot means another
+	 * thread just put the reservation back: map again. */
 	if(!state || access == FAULT_OBJECT_READ) {
 		if(!valid) {
 			f->fault = FAULT_OBJECT;
 			f->flags |= FAULT_OBJECT_NOMAP;
 			return 0;
 		}
-		return twz_rt_map_entry(f, id, vflags);
+		return twz_rt_claim(f->slot, state) ? twz_rt_map_entry(f, id, vflags, state) : 1;
 	}
 	/* Mapped, and the mapping refused the access: the view did not grant it (FAULT_OBJECT; a
 	 * writable entry grants no exec, W^X), or it did and the object's permissions did not
