@@ -2,9 +2,16 @@
 
 Two persistent objects: an index, a hash table of 8-way buckets (64 bytes, one cache line),
 each way a persistent pointer to a record in the data object, which holds 16-byte records
-(8-byte key, 8-byte value) appended at a bump pointer. Keys hash with 64-bit FNV-1a over their
-8 little-endian bytes; a full bucket spills into the next (linear probing over buckets). The
-pointers cross objects through the index's FOT, as kvdr's do through twz_ptr_swizzle.
+(8-byte key, 8-byte value) appended at a bump pointer. A key's bucket is the top bits of
+key * 2^64/phi (Fibonacci hashing); a full bucket spills into the next (linear probing over
+buckets). The pointers cross objects through the index's FOT, as kvdr's do through
+twz_ptr_swizzle.
+
+kvdr hashes with FNV-1a, eight multiply-and-xor rounds over the key's bytes: one instruction each
+in C, but 0.44 µs in Python, more than py-lmdb's whole lookup. A key here is already a
+fixed-width integer, so one multiply does the mixing. Reads and writes go through the objects'
+memoryviews cast to 64-bit words; the two stores that order a put (the bump pointer, then the
+bucket way) go through the runtime's store64, so each is one 8-byte store a kill -9 cannot tear.
 
 Crash consistency without a log: a new record is written above the bump pointer, the bump
 pointer moves, and only then does one aligned 8-byte store publish the record's pointer in its
@@ -25,44 +32,44 @@ import libtwz
 from libtwz import runtime as rt
 from twzlinux.abi import constants as c
 
-FNV_OFFSET, FNV_PRIME, M64 = 0xCBF29CE484222325, 0x100000001B3, (1 << 64) - 1
+GOLDEN, M64 = 0x9E3779B97F4A7C15, (1 << 64) - 1   # 2^64 / phi, odd
 WAYS = 8
 HDR = 0x1000                    # index: magic, nbuckets, data (p-ptr) | data: magic, top
 BUCKETS = 0x2000                # index: nbuckets * 64 bytes
 RECORDS = 0x2000                # data: 16-byte records upward
-INDEX_MAGIC, DATA_MAGIC = 0x6B76647269647800, 0x6B76647264617400  # "kvdridx", "kvdrdat"
-_LOCAL = c.OBJ_MAXSIZE - 1
-_BUCKET = struct.Struct(f"<{WAYS}Q")
-_RECORD = struct.Struct("<QQ")
-_U64 = struct.Struct("<Q")
-
-
-def fnv1a(key: int, mask: int = M64) -> int:
-    """64-bit FNV-1a of the key's 8 bytes, & mask. A low-bits mask is applied all along: the
-    low bits of a product depend only on the low bits of its factors, and Python is faster on
-    small ints."""
-    h, prime = FNV_OFFSET & mask, FNV_PRIME & mask
-    for b in key.to_bytes(8, "little"):
-        h = ((h ^ b) * prime) & mask
-    return h
+# "kvdridx\x01": version 1 hashes by multiplication (version 0, "kvdridx\0", used FNV-1a)
+INDEX_MAGIC, DATA_MAGIC = 0x6B76647269647801, 0x6B76647264617400
+_W_TOP = (HDR + 8) >> 3   # the data object's bump pointer, in 64-bit words
 
 
 class KV:
     def __init__(self, index: libtwz.Object):
         self.index = index
-        magic, self.nbuckets = struct.unpack_from("<QQ", index.view(), HDR)
+        hdr = index.view()[HDR:HDR + 24].cast("Q")
+        magic, self.nbuckets, data = hdr
         if magic != INDEX_MAGIC:
-            raise libtwz.TwzError(f"object {index.id} is not a kv index (magic {magic:#x})")
-        self.mask = self.nbuckets - 1
+            hint = " (made by an older kv.py: recreate it)" if magic == INDEX_MAGIC - 1 else ""
+            raise libtwz.TwzError(f"object {index.id} is not a kv index (magic {magic:#x}){hint}")
+        nways = self.nbuckets * WAYS
+        if self.nbuckets & (self.nbuckets - 1) or BUCKETS + 8 * nways > c.OBJ_TOPDATA:
+            raise libtwz.TwzError(f"kv index {index.id}: bad bucket count {self.nbuckets}")
         self.data, _ = index.load_ptr(HDR + 16)
-        self.fot = _U64.unpack_from(index.view(), HDR + 16)[0] >> 30
-        self._iview, self._dview = index.view(), self.data.view()
-        self._ibase, self._dbase = index.address, self.data.address
+        # A way's pointer XORed with the data object's FOT bits is the record's offset; any
+        # other pointer lands past the end of the data object's words (an IndexError).
+        self._fb = data >> 30 << 30
+        self._bq = index.view()[BUCKETS:BUCKETS + 8 * nways].cast("Q")
+        self._dq = self.data.view().cast("Q")
+        # bucket(key) * WAYS = the top bits of key * 2^64/phi (mod 2^64), as a word index
+        self._shift, self._wmask = 64 - (self.nbuckets.bit_length() - 1) - 3, nways - WAYS
+        self._ibase, self._dbase = index.address + BUCKETS, self.data.address
+        self.get = self._getter()
 
     @classmethod
     def create(cls, name: str, capacity: int) -> "KV":
-        """A store for `capacity` keys: buckets for twice that, as kvdr sizes its table."""
-        nbuckets = 1 << max(1, (2 * capacity - 1) // WAYS).bit_length()
+        """A store for `capacity` keys: ways for four times that. (kvdr's table has twice: in C
+        a bucket is one cache line whichever of its ways holds the key, but in Python each way
+        visited costs a tenth of a microsecond, and a half-full table visits twice as many.)"""
+        nbuckets = 1 << max(1, (4 * capacity - 1) // WAYS).bit_length()
         if BUCKETS + 64 * nbuckets > c.OBJ_TOPDATA or RECORDS + 16 * capacity > c.OBJ_TOPDATA:
             raise ValueError(f"{capacity} keys do not fit in a 1 GiB object")
         data = libtwz.Object.create(persist=True)
@@ -77,49 +84,73 @@ class KV:
     def open(cls, name: str) -> "KV":
         return cls(libtwz.Object.open(name, write=True))
 
-    def _slot(self, key: int):
-        """(bucket slot offset, record offset or 0): where key is, or the free way for it."""
-        b = fnv1a(key, self.mask)
-        iview, dview, mask = self._iview, self._dview, self.mask
-        for probe in range(self.nbuckets):
-            off = BUCKETS + (((b + probe) & mask) << 6)
-            for way, ptr in enumerate(_BUCKET.unpack_from(iview, off)):
-                if not ptr:
-                    return off + 8 * way, 0
-                if ptr >> 30 != self.fot:
-                    raise libtwz.TwzError(f"kv index {self.index.id}: way at {off:#x} points "
-                                          "outside the data object")
-                if _U64.unpack_from(dview, ptr & _LOCAL)[0] == key:
-                    return off + 8 * way, ptr & _LOCAL
-        raise libtwz.TwzError(f"kv store {self.index.id} is full ({self.nbuckets} buckets)")
+    def _find(self, key: int) -> tuple[int | None, int]:
+        """(way, record): the word indexes of key's bucket way and of its record in the data
+        object, or (the free way it would take, 0), or (None, 0) in a full table. Linear
+        probing over buckets makes the ways to search simply the words from the key's bucket
+        on, wrapping at the table's end."""
+        bq, dq, fb = self._bq, self._dq, self._fb
+        w, wrapped = (key * GOLDEN >> self._shift) & self._wmask, False
+        while True:
+            try:
+                while ptr := bq[w]:
+                    r = (ptr ^ fb) >> 3
+                    if dq[r] == key:
+                        return w, r
+                    w += 1
+                return w, 0
+            except IndexError:
+                if w < len(bq):
+                    raise libtwz.TwzError(f"kv index {self.index.id}: way at "
+                                          f"{BUCKETS + 8 * w:#x} points outside the data "
+                                          "object") from None
+                if wrapped:
+                    return None, 0      # every way taken, none by key
+                w, wrapped = 0, True
 
-    def get(self, key: int) -> int | None:
-        # The common case inline: the key in its home bucket, or the bucket not full.
-        dview, fot = self._dview, self.fot
-        for ptr in _BUCKET.unpack_from(self._iview, BUCKETS + (fnv1a(key, self.mask) << 6)):
-            if not ptr:
+    def _getter(self):
+        """get(key) -> value or None, as a closure over the store's views: _find's walk,
+        inlined, with its constants in cells; the call, the tuple and the attribute loads a
+        method would add are over a third of a lookup. The walk's exceptions (the table's
+        end, a bad pointer) go to _find itself, which sorts them out."""
+        bq, dq, fb, shift, wmask, find = self._bq, self._dq, self._fb, self._shift, \
+            self._wmask, self._find
+        vq = self.data.view()[8:c.OBJ_MAXSIZE - 8].cast("Q")  # vq[r] is dq[r + 1]: a value
+
+        def get(key: int) -> int | None:
+            w = (key * GOLDEN >> shift) & wmask
+            try:
+                while ptr := bq[w]:
+                    r = (ptr ^ fb) >> 3
+                    if dq[r] == key:
+                        return vq[r]
+                    w += 1
                 return None
-            if ptr >> 30 == fot:
-                k, v = _RECORD.unpack_from(dview, ptr & _LOCAL)
-                if k == key:
-                    return v
-        _, rec = self._slot(key)
-        return _RECORD.unpack_from(dview, rec)[1] if rec else None
+            except IndexError:
+                _, r = find(key)
+                return vq[r] if r else None
+        return get
 
     def put(self, key: int, value: int) -> None:
-        slot, rec = self._slot(key)
-        if rec:
-            rt.store64(self._dbase + rec + 8, value)
+        if not (0 <= key <= M64 and 0 <= value <= M64):
+            raise ValueError(f"kv keys and values are 64-bit unsigned: {key}, {value}")
+        w, r = self._find(key)
+        if r:
+            rt.store64(self._dbase + 8 * r + 8, value)
             return
-        top = _U64.unpack_from(self._dview, HDR + 8)[0]
+        if w is None:
+            raise libtwz.TwzError(f"kv store {self.index.id} is full ({self.nbuckets} buckets "
+                                  f"of {WAYS} ways): make a bigger one")
+        dq = self._dq
+        top = dq[_W_TOP]
         if top + 16 > c.OBJ_TOPDATA:
             raise libtwz.TwzError(f"kv data object {self.data.id} is full")
-        _RECORD.pack_into(self._dview, top, key, value)
+        dq[top >> 3], dq[(top >> 3) + 1] = key, value
         rt.store64(self._dbase + HDR + 8, top + 16)
-        rt.store64(self._ibase + slot, self.fot << 30 | top)
+        rt.store64(self._ibase + 8 * w, self._fb | top)
 
     def __len__(self) -> int:
-        return (_U64.unpack_from(self._dview, HDR + 8)[0] - RECORDS) // 16
+        return (self._dq[_W_TOP] - RECORDS) // 16
 
 
 def keys(n: int, seed: int = 1) -> list[int]:
@@ -131,13 +162,36 @@ def keys(n: int, seed: int = 1) -> list[int]:
     return list(out)
 
 
+ARITY = {"put": (2, 2), "get": (1, 1), "fill": (1, 2), "check": (1, 2)}
+
+
 def main(argv: list[str]) -> int:
     ack = "--ack" in argv  # fill reports each put once it returned (the crash test)
     argv = [a for a in argv if a != "--ack"]
-    if len(argv) < 2:
-        print(__doc__.rsplit("\n\n", 1)[1].strip(), file=sys.stderr)
+    usage = __doc__.rsplit("\n\n", 1)[1].strip()
+    if len(argv) < 2 or argv[1] not in ARITY:
+        print((f"kv: unknown command {argv[1]!r}\n" if len(argv) > 1 else "") + usage,
+              file=sys.stderr)
         return 2
-    name, cmd, args = argv[0], argv[1], [int(a) for a in argv[2:]]
+    name, cmd = argv[0], argv[1]
+    try:
+        args = [int(a, 0) for a in argv[2:]]
+    except ValueError as e:
+        print(f"kv: {e}\n{usage}", file=sys.stderr)
+        return 2
+    lo, hi = ARITY[cmd]
+    if not lo <= len(args) <= hi:
+        print(f"kv: {cmd} takes {lo if lo == hi else f'{lo} or {hi}'} numbers\n{usage}",
+              file=sys.stderr)
+        return 2
+    try:
+        return run(name, cmd, args, ack)
+    except (libtwz.TwzError, ValueError) as e:
+        print(f"kv: {e}", file=sys.stderr)
+        return 1
+
+
+def run(name: str, cmd: str, args: list[int], ack: bool) -> int:
     if cmd == "fill":
         n, seed = args[0], (args[1] if len(args) > 1 else 1)
         try:
@@ -152,19 +206,15 @@ def main(argv: list[str]) -> int:
     kv = KV.open(name)
     if cmd == "put":
         kv.put(args[0], args[1])
-    elif cmd == "get":
+        return 0
+    if cmd == "get":
         v = kv.get(args[0])
         print(v if v is not None else "absent")
         return 0 if v is not None else 1
-    elif cmd == "check":
-        n, seed = args[0], (args[1] if len(args) > 1 else 1)
-        bad = [k for k in keys(n, seed) if kv.get(k) != k ^ 0x5555]
-        print(f"{n - len(bad)} of {n} present, {len(kv)} records")
-        return 1 if bad else 0
-    else:
-        print(f"unknown command {cmd!r}", file=sys.stderr)
-        return 2
-    return 0
+    n, seed = args[0], (args[1] if len(args) > 1 else 1)   # check
+    bad = [k for k in keys(n, seed) if kv.get(k) != k ^ 0x5555]
+    print(f"{n - len(bad)} of {n} present, {len(kv)} records")
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":

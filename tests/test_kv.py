@@ -65,3 +65,59 @@ print(len(missing), len(store))
     missing, records = map(int, check.stdout.split())
     assert missing == 0
     assert records >= len(acked)
+
+
+def test_a_full_table_wraps_refuses_and_still_answers(twzrun):
+    # Two buckets (16 ways): keys spill from the last bucket into the first; the 17th key finds
+    # no way; lookups of absent keys in the full table answer None rather than loop.
+    r = twzrun(f"""
+import sys, uuid
+sys.path.insert(0, {str(KV.parent)!r})
+import kv, libtwz
+store = kv.KV.create("/kv/" + uuid.uuid4().hex, 4)
+assert store.nbuckets == 2
+ks = kv.keys(40, 3)
+for k in ks[:16]:
+    store.put(k, k + 1)
+wrapped = sum(1 for k in ks[:16] if (k * kv.GOLDEN & kv.M64) >> 63)
+try:
+    store.put(ks[16], 1)
+    full = "accepted"
+except libtwz.TwzError as e:
+    full = str(e)
+print(all(store.get(k) == k + 1 for k in ks[:16]), wrapped > 8, store.get(ks[17]), full)
+""")
+    assert r.returncode == 0, r.stderr
+    ok, wrapped, absent, full = r.stdout.split(" ", 3)
+    assert (ok, absent) == ("True", "None")
+    assert "is full (2 buckets of 8 ways)" in full
+    assert wrapped == "True", "seed 3 no longer sends more than 8 keys to the last bucket"
+
+
+def test_bad_input_and_a_corrupt_index_get_clear_errors(twzrun):
+    name = f"/kv/{uuid.uuid4().hex}"
+    assert twzrun(KV, name, "fill", 100).returncode == 0
+    for args, code, says in [(("put", -1, 5), 1, "64-bit unsigned"),
+                             (("put", 5), 2, "put takes 2 numbers"),
+                             (("get", "x"), 2, "invalid literal"),
+                             (("frob",), 2, "unknown command 'frob'")]:
+        r = twzrun(KV, name, *args)
+        assert r.returncode == code and says in r.stderr, (args, r.stderr)
+        assert "Traceback" not in r.stderr
+    # A way that points into another object (FOT entry 7): the walk names it, it does not read
+    # some other record.
+    r = twzrun(f"""
+import sys
+sys.path.insert(0, {str(KV.parent)!r})
+import kv, libtwz
+store = kv.KV.open({name!r})
+k = kv.keys(100)[0]
+w, _ = store._find(k)
+libtwz.runtime.store64(store._ibase + 8 * w, 7 << 30 | 0x2000)
+try:
+    store.get(k)
+except libtwz.TwzError as e:
+    print(e)
+""")
+    assert r.returncode == 0, r.stderr
+    assert "points outside the data object" in r.stdout
