@@ -49,7 +49,7 @@ class Port(Protocol):
     that has died meanwhile."""
 
     def can_trap(self, proc: Hashable) -> bool: ...
-    def register(self, proc: Hashable, base: int) -> int: ...     # MISSING|WP; 0 or errno
+    def register(self, proc: Hashable, base: int, wp: bool) -> int: ...  # MISSING[|WP]; errno
     def unregister(self, proc: Hashable, base: int) -> None: ...
     def protect(self, proc: Hashable, addr: int, n: int, on: bool) -> None: ...
     def zero(self, proc: Hashable, addr: int) -> None: ...        # a zero page, if none there
@@ -121,7 +121,7 @@ class LazyCopies:
         self._runs: dict[int, list[list[int]]] = {}  # copy -> sorted [start, end, src, soff]
         self._copies: dict[int, set[int]] = {}       # source -> copies owing it pages
         self._slots: dict[Hashable, dict[int, int]] = {}   # proc -> slot base -> object
-        self._trapped: dict[Hashable, set[int]] = {}       # proc -> registered slot bases
+        self._trapped: dict[Hashable, dict[int, bool]] = {}  # proc -> registered base -> WP
         self._opening: dict[Hashable, set[int]] = {}       # proc -> fds given, not yet mapped
         self._ahead: dict[Hashable, tuple[int, int]] = {}  # proc -> (next fault addr, run)
 
@@ -158,13 +158,13 @@ class LazyCopies:
         return all(self._can_trap(p) and obj.id not in self._opening.get(p, ())
                    for p in obj.mappers)
 
-    def _trap_all(self, obj: "Obj", writers_only: bool) -> bool:
+    def _trap_all(self, obj: "Obj", writers_only: bool, wp: bool) -> bool:
         """Trap every mapping of `obj`. A read-only mapping cannot be registered (userfaultfd
         wants VM_MAYWRITE); with writers_only that is fine, as it cannot write."""
         ok = True
         for proc in obj.mappers:
             for base in self._bases(proc, obj.id):
-                err = self._trap(proc, base)
+                err = self._trap(proc, base, wp)
                 ok = ok and (not err or (writers_only and err == EPERM))
         return ok
 
@@ -185,8 +185,8 @@ class LazyCopies:
         # owes its source's own source could be re-pointed; settling it is simpler and rare.
         self.before_write(dest.id, doff, n, keep=False)
         self.settle(src.id, soff, n)
-        if not (self._trap_all(dest, writers_only=False)
-                and self._trap_all(src, writers_only=True)):
+        if not (self._trap_all(dest, writers_only=False, wp=False)
+                and self._trap_all(src, writers_only=True, wp=True)):
             self._retire(dest.id)
             self._retire(src.id)
             dest.backing.copy_from(src.backing, soff, doff, n)
@@ -201,7 +201,7 @@ class LazyCopies:
 
     def _protect(self, proc, base: int, off: int, n: int, on: bool = True) -> None:
         lo, hi = max(off, _MAPPED[0]), min(off + n, _MAPPED[1])
-        if lo < hi and base in self._trapped.get(proc, ()):
+        if lo < hi and self._trapped.get(proc, {}).get(base):
             self.port.protect(proc, base + lo, hi - lo, on)
 
     # --- paging (kernel/pager.py) -------------------------------------------------------------
@@ -213,7 +213,7 @@ class LazyCopies:
     def page_out(self, obj: "Obj", store: "Obj", lo: int, hi: int) -> bool:
         """Move obj's [lo, hi) into `store` (a file twzd alone holds) and make obj owe it back.
         False if some mapping cannot be trapped (a read-only one would read holes)."""
-        if not self._trap_all(obj, writers_only=False):
+        if not self._trap_all(obj, writers_only=False, wp=True):
             self._retire(obj.id)
             return False
         maps = self.mappings(obj)
@@ -231,14 +231,18 @@ class LazyCopies:
             self._protect(proc, base, lo, hi - lo, on=False)
         return True
 
-    def _trap(self, proc, base: int) -> int:
-        """Register proc's slot at `base`; 0 or the errno it failed with."""
-        trapped = self._trapped.setdefault(proc, set())
-        if base in trapped:
+    def _trap(self, proc, base: int, wp: bool) -> int:
+        """Register proc's slot at `base` for missing pages and, with wp, for writes to
+        protected pages (registering it again adds WP); 0 or the errno it failed with.
+        WP is only asked for where pages will be protected: it turns off the kernel's
+        fault-around, so a reader of a WP-registered copy takes a fault for every page that
+        twzd filled, where it would otherwise map 16 at a time."""
+        trapped = self._trapped.setdefault(proc, {})
+        if base in trapped and (trapped[base] or not wp):
             return 0
-        err = self.port.register(proc, base)
+        err = self.port.register(proc, base, wp)
         if not err:
-            trapped.add(base)
+            trapped[base] = wp
         return err
 
     def _retire(self, oid: int) -> None:
@@ -247,11 +251,11 @@ class LazyCopies:
         if self.involved(oid):
             return
         for proc, slots in self._slots.items():
-            trapped = self._trapped.get(proc, set())
+            trapped = self._trapped.get(proc, {})
             for base, o in slots.items():
                 if o == oid and base in trapped:
                     self.port.unregister(proc, base)
-                    trapped.discard(base)
+                    del trapped[base]
 
     # --- settling -----------------------------------------------------------------------------
 
@@ -368,11 +372,12 @@ class LazyCopies:
     def mapped(self, proc, base: int, obj: "Obj") -> None:
         """LX_MAPPED: `proc` mapped `obj` at slot `base` (a fresh, untrapped mapping)."""
         self._slots.setdefault(proc, {})[base] = obj.id
-        self._trapped.get(proc, set()).discard(base)
+        self._trapped.get(proc, {}).pop(base, None)
         self._opening.get(proc, set()).discard(obj.id)
         if not self.involved(obj.id):
             return
-        err = self._trap(proc, base) if self._can_trap(proc) else EPERM
+        wp = bool(self._copies.get(obj.id))  # a source: its pages get protected
+        err = self._trap(proc, base, wp) if self._can_trap(proc) else EPERM
         if err and (err != EPERM or obj.id in self._runs):
             self.settle_all(obj.id)  # an untrapped writer, or an untrapped copy
             return
@@ -397,7 +402,7 @@ class LazyCopies:
         settled, holes given zero pages, and (for a write) source pages released and
         unprotected in proc."""
         slots, end = self._slots.get(proc, {}), addr + n
-        for base in sorted(self._trapped.get(proc, ())):
+        for base, wp in sorted(self._trapped.get(proc, {}).items()):
             lo, hi = max(addr, base + _MAPPED[0]), min(end, base + _MAPPED[1])
             obj = self._objs.get(slots.get(base, 0))
             if lo >= hi or obj is None:
@@ -405,7 +410,8 @@ class LazyCopies:
             lo, hi = _pages(lo, hi - lo)
             if write:
                 self.release_source(obj.id, lo - base, hi - lo)
-                self.port.protect(proc, lo, hi - lo, False)
+                if wp:
+                    self.port.protect(proc, lo, hi - lo, False)
             self.settle(obj.id, lo - base, hi - lo)
             for page in range(lo, hi, PAGE):
                 self.port.zero(proc, page)

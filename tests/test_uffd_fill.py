@@ -1,0 +1,72 @@
+"""How a lazy copy's pages reach a reader through userfaultfd (kernel/cow.py, daemon/uffd.py).
+
+A copy's mapping is registered for missing pages only, unless pages of it get write-protected
+(it is a source, or paged out): WP registration turns off the kernel's fault-around, so every
+filled page would cost its reader a fault of its own.
+"""
+
+import json
+
+from tests.test_lazy_copy import run_json
+
+
+def test_reader_of_a_lazy_copy_maps_filled_pages_many_at_a_time(twzrun):
+    out = run_json(twzrun, """
+import json, resource, libtwz
+N, PAGE = 4096, 4096
+src = libtwz.Object.create()
+s = src.view()
+for i in range(N):
+    s[PAGE + i * PAGE] = i & 0xFF
+src.release()
+cp = libtwz.Object.create(src=src.id)
+d = cp.view()
+offs = range(PAGE, PAGE + N * PAGE, PAGE)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+got = [d[off] for off in offs]
+faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+print(json.dumps({"ok": got == [i & 0xFF for i in range(N)], "faults": faults}))
+""")
+    assert out["ok"]
+    assert out["faults"] < 4096 // 4, out  # WP registration: a fault for every page
+
+
+def test_a_copy_being_read_becomes_a_source_and_keeps_copies_exact(twzrun):
+    """B owes A some pages and is mapped and partly read, so trapped for missing pages only,
+    when C copies another range of B: B's mapping must then trap writes to that range too,
+    pages it already maps included."""
+    out = run_json(twzrun, """
+import json, libtwz
+from libtwz import sys as tsys
+from libtwz.runtime import ffi
+from twzlinux.abi import structs as st
+PAGE = 4096
+
+def ocopy(dst, src, doff, soff, n):
+    ids = ffi.new("uint8_t[32]")
+    ffi.memmove(ids, st.id_pack(int(dst.id)) + st.id_pack(int(src.id)), 32)
+    addr = int(ffi.cast("uintptr_t", ids))
+    tsys.sys_ocopy(addr, addr + 16, doff, soff, n, 0)
+
+def word(v, page):
+    return bytes(v[page * PAGE:page * PAGE + 4]).decode()
+
+a, b, c = libtwz.Object.create(), libtwz.Object.create(), libtwz.Object.create()
+a.view()[PAGE:33 * PAGE] = b"A" * (32 * PAGE)
+vb = b.view()
+vb[33 * PAGE:65 * PAGE] = b"b" * (32 * PAGE)   # B's own pages, mapped in this process
+ocopy(b, a, PAGE, PAGE, 32 * PAGE)            # B owes A pages 1-32
+read = bytes(vb[PAGE:9 * PAGE])               # pages 1-8 filled, the rest still owed
+ocopy(c, b, 33 * PAGE, 33 * PAGE, 32 * PAGE)  # C owes B pages 33-64
+vb[33 * PAGE:33 * PAGE + 4] = b"B1B1"
+vb[50 * PAGE:50 * PAGE + 4] = b"B2B2"
+a.view()[20 * PAGE:20 * PAGE + 4] = b"A2A2"
+vc = c.view()
+print(json.dumps({
+    "read": read == b"A" * (8 * PAGE),
+    "b": [word(vb, p) for p in (20, 33, 50)],
+    "c": [word(vc, p) for p in (33, 50)],
+    "c_all": bytes(vc[33 * PAGE:65 * PAGE]) == b"b" * (32 * PAGE)}))
+""")
+    assert out == {"read": True, "b": ["AAAA", "B1B1", "B2B2"], "c": ["bbbb", "bbbb"],
+                   "c_all": True}, json.dumps(out)
