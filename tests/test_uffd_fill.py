@@ -70,3 +70,32 @@ print(json.dumps({
 """)
     assert out == {"read": True, "b": ["AAAA", "B1B1", "B2B2"], "c": ["bbbb", "bbbb"],
                    "c_all": True}, json.dumps(out)
+
+
+def test_source_pages_that_were_holes_at_the_copy_stay_holes_in_it(twzrun):
+    """A hole of a mapped source traps as a missing page, not as a write to a protected one;
+    twzd gives it a zero page, which is writable: copies owing the page must take it first.
+    twzd gives one too where it reads a syscall's argument from a hole."""
+    out = run_json(twzrun, """
+import json, libtwz
+from libtwz import sys as tsys
+PAGE = 4096
+src = libtwz.Object.create()
+s = src.view()
+s[PAGE:PAGE + 4] = b"DATA"                 # page 1 has data, pages 5 and 6 are holes
+cp = libtwz.Object.create(src=src)
+s[5 * PAGE:5 * PAGE + 4] = b"LATE"         # a write is the first touch
+zero = bytes(s[6 * PAGE:6 * PAGE + 4])     # a read is, and then a write
+s[6 * PAGE:6 * PAGE + 4] = b"READ"
+try:
+    tsys.sys_ocopy(src.address + 7 * PAGE, src.address + 7 * PAGE + 16, 0x1000, 0x1000, 0x1000, 0)
+except libtwz.TwzError:
+    pass                                   # two null IDs, read by twzd from page 7
+s[7 * PAGE:7 * PAGE + 4] = b"ARGS"
+d = cp.view()
+print(json.dumps({"zero": zero.hex(), "copy": [bytes(d[p * PAGE:p * PAGE + 4]).hex()
+                                               for p in (1, 5, 6, 7)]}))
+""")
+    assert out == {"zero": "00000000",
+                   "copy": [b"DATA".hex(), "00000000", "00000000", "00000000"]}
+

@@ -399,8 +399,8 @@ class LazyCopies:
 
     def prepare_access(self, proc, addr: int, n: int, write: bool) -> None:
         """Make [addr, addr + n) of proc reachable by twzd without a trap: owed pages
-        settled, holes given zero pages, and (for a write) source pages released and
-        unprotected in proc."""
+        settled, source pages released (holes get zero pages, mapped writable), and (for a
+        write) unprotected in proc."""
         slots, end = self._slots.get(proc, {}), addr + n
         for base, wp in sorted(self._trapped.get(proc, {}).items()):
             lo, hi = max(addr, base + _MAPPED[0]), min(end, base + _MAPPED[1])
@@ -408,10 +408,9 @@ class LazyCopies:
             if lo >= hi or obj is None:
                 continue
             lo, hi = _pages(lo, hi - lo)
-            if write:
-                self.release_source(obj.id, lo - base, hi - lo)
-                if wp:
-                    self.port.protect(proc, lo, hi - lo, False)
+            self.release_source(obj.id, lo - base, hi - lo)
+            if write and wp:
+                self.port.protect(proc, lo, hi - lo, False)
             self.settle(obj.id, lo - base, hi - lo)
             for page in range(lo, hi, PAGE):
                 self.port.zero(proc, page)
@@ -430,4 +429,7 @@ class LazyCopies:
         self._ahead[proc] = (addr + run, run)
         if self.settle(oid, off, run):
             return "wake"
+        # A zero page is mapped writable (UFFDIO_ZEROPAGE has no WP mode), so copies owing
+        # this hole of a source take it now: otherwise the source's next write would reach them.
+        self.release_source(oid, off, PAGE)
         return "zero"
