@@ -128,9 +128,10 @@ class UffdPort:
                                              f"features {features:#x} ({e.strerror})") from None
         return ours
 
-    def register(self, proc, base: int) -> int:
+    def register(self, proc, base: int, wp: bool) -> int:
         return self._ioctl(proc, UFFDIO_REGISTER, struct.pack(
-            "=QQQQ", *_mapped(base), MODE_MISSING | MODE_WP, 0), quiet=(errno.EPERM,))
+            "=QQQQ", *_mapped(base), MODE_MISSING | (MODE_WP if wp else 0), 0),
+            quiet=(errno.EPERM,))
 
     def unregister(self, proc, base: int) -> None:
         self._ioctl(proc, UFFDIO_UNREGISTER, struct.pack("=QQ", *_mapped(base)))

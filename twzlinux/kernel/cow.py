@@ -9,8 +9,10 @@ image) when
   the process reads on in order) and wakes the process;
 - twzd itself reads or writes it: objects involved in lazy copies carry a `LazyBacking`;
 - its source page is about to change: the source's mappings are write-protected (userfaultfd WP)
-  while copies owe their pages, and twzd's own writes to a source go through `LazyBacking`, so
-  the old contents reach every copy first.
+  where copies owe pages the source holds, and twzd's own writes to a source go through
+  `LazyBacking`, so the old contents reach every copy first. A hole of the source needs no
+  protection (which costs about 1 ms per GiB of mapping): touching it traps as a missing page,
+  and copies owing it take it, as a hole, before it gets a page.
 
 What the I/O edge must do is the `Port`: trap a process's slot, write-protect a range in it,
 fill a hole with zeros. Only volatile objects (memfds) copy lazily, because userfaultfd cannot
@@ -49,7 +51,7 @@ class Port(Protocol):
     that has died meanwhile."""
 
     def can_trap(self, proc: Hashable) -> bool: ...
-    def register(self, proc: Hashable, base: int) -> int: ...     # MISSING|WP; 0 or errno
+    def register(self, proc: Hashable, base: int, wp: bool) -> int: ...  # MISSING[|WP]; errno
     def unregister(self, proc: Hashable, base: int) -> None: ...
     def protect(self, proc: Hashable, addr: int, n: int, on: bool) -> None: ...
     def zero(self, proc: Hashable, addr: int) -> None: ...        # a zero page, if none there
@@ -121,7 +123,7 @@ class LazyCopies:
         self._runs: dict[int, list[list[int]]] = {}  # copy -> sorted [start, end, src, soff]
         self._copies: dict[int, set[int]] = {}       # source -> copies owing it pages
         self._slots: dict[Hashable, dict[int, int]] = {}   # proc -> slot base -> object
-        self._trapped: dict[Hashable, set[int]] = {}       # proc -> registered slot bases
+        self._trapped: dict[Hashable, dict[int, bool]] = {}  # proc -> registered base -> WP
         self._opening: dict[Hashable, set[int]] = {}       # proc -> fds given, not yet mapped
         self._ahead: dict[Hashable, tuple[int, int]] = {}  # proc -> (next fault addr, run)
 
@@ -158,13 +160,13 @@ class LazyCopies:
         return all(self._can_trap(p) and obj.id not in self._opening.get(p, ())
                    for p in obj.mappers)
 
-    def _trap_all(self, obj: "Obj", writers_only: bool) -> bool:
+    def _trap_all(self, obj: "Obj", writers_only: bool, wp: bool) -> bool:
         """Trap every mapping of `obj`. A read-only mapping cannot be registered (userfaultfd
         wants VM_MAYWRITE); with writers_only that is fine, as it cannot write."""
         ok = True
         for proc in obj.mappers:
             for base in self._bases(proc, obj.id):
-                err = self._trap(proc, base)
+                err = self._trap(proc, base, wp)
                 ok = ok and (not err or (writers_only and err == EPERM))
         return ok
 
@@ -185,8 +187,8 @@ class LazyCopies:
         # owes its source's own source could be re-pointed; settling it is simpler and rare.
         self.before_write(dest.id, doff, n, keep=False)
         self.settle(src.id, soff, n)
-        if not (self._trap_all(dest, writers_only=False)
-                and self._trap_all(src, writers_only=True)):
+        if not (self._trap_all(dest, writers_only=False, wp=False)
+                and self._trap_all(src, writers_only=True, wp=True)):
             self._retire(dest.id)
             self._retire(src.id)
             dest.backing.copy_from(src.backing, soff, doff, n)
@@ -195,13 +197,15 @@ class LazyCopies:
         runs = self._runs.setdefault(dest.id, [])
         runs.insert(bisect_right(runs, [doff]), [doff, doff + n, src.id, soff])
         self._copies.setdefault(src.id, set()).add(dest.id)
+        present = src.backing.raw.page_extents(soff, n)
         for proc in src.mappers:
             for base in self._bases(proc, src.id):
-                self._protect(proc, base, soff, n)
+                for lo, hi in present:
+                    self._protect(proc, base, lo, hi - lo)
 
     def _protect(self, proc, base: int, off: int, n: int, on: bool = True) -> None:
         lo, hi = max(off, _MAPPED[0]), min(off + n, _MAPPED[1])
-        if lo < hi and base in self._trapped.get(proc, ()):
+        if lo < hi and self._trapped.get(proc, {}).get(base):
             self.port.protect(proc, base + lo, hi - lo, on)
 
     # --- paging (kernel/pager.py) -------------------------------------------------------------
@@ -213,7 +217,7 @@ class LazyCopies:
     def page_out(self, obj: "Obj", store: "Obj", lo: int, hi: int) -> bool:
         """Move obj's [lo, hi) into `store` (a file twzd alone holds) and make obj owe it back.
         False if some mapping cannot be trapped (a read-only one would read holes)."""
-        if not self._trap_all(obj, writers_only=False):
+        if not self._trap_all(obj, writers_only=False, wp=True):
             self._retire(obj.id)
             return False
         maps = self.mappings(obj)
@@ -231,14 +235,18 @@ class LazyCopies:
             self._protect(proc, base, lo, hi - lo, on=False)
         return True
 
-    def _trap(self, proc, base: int) -> int:
-        """Register proc's slot at `base`; 0 or the errno it failed with."""
-        trapped = self._trapped.setdefault(proc, set())
-        if base in trapped:
+    def _trap(self, proc, base: int, wp: bool) -> int:
+        """Register proc's slot at `base` for missing pages and, with wp, for writes to
+        protected pages (registering it again adds WP); 0 or the errno it failed with.
+        WP is only asked for where pages will be protected: it turns off the kernel's
+        fault-around, so a reader of a WP-registered copy takes a fault for every page that
+        twzd filled, where it would otherwise map 16 at a time."""
+        trapped = self._trapped.setdefault(proc, {})
+        if base in trapped and (trapped[base] or not wp):
             return 0
-        err = self.port.register(proc, base)
+        err = self.port.register(proc, base, wp)
         if not err:
-            trapped.add(base)
+            trapped[base] = wp
         return err
 
     def _retire(self, oid: int) -> None:
@@ -247,11 +255,11 @@ class LazyCopies:
         if self.involved(oid):
             return
         for proc, slots in self._slots.items():
-            trapped = self._trapped.get(proc, set())
+            trapped = self._trapped.get(proc, {})
             for base, o in slots.items():
                 if o == oid and base in trapped:
                     self.port.unregister(proc, base)
-                    trapped.discard(base)
+                    del trapped[base]
 
     # --- settling -----------------------------------------------------------------------------
 
@@ -368,18 +376,20 @@ class LazyCopies:
     def mapped(self, proc, base: int, obj: "Obj") -> None:
         """LX_MAPPED: `proc` mapped `obj` at slot `base` (a fresh, untrapped mapping)."""
         self._slots.setdefault(proc, {})[base] = obj.id
-        self._trapped.get(proc, set()).discard(base)
+        self._trapped.get(proc, {}).pop(base, None)
         self._opening.get(proc, set()).discard(obj.id)
         if not self.involved(obj.id):
             return
-        err = self._trap(proc, base) if self._can_trap(proc) else EPERM
+        wp = bool(self._copies.get(obj.id))  # a source: its pages get protected
+        err = self._trap(proc, base, wp) if self._can_trap(proc) else EPERM
         if err and (err != EPERM or obj.id in self._runs):
             self.settle_all(obj.id)  # an untrapped writer, or an untrapped copy
             return
         for oid in self._copies.get(obj.id, ()):
             for start, stop, s, soff in self._runs.get(oid, ()):
                 if s == obj.id:
-                    self._protect(proc, base, soff, stop - start)
+                    for lo, hi in obj.backing.raw.page_extents(soff, stop - start):
+                        self._protect(proc, base, lo, hi - lo)
 
     def process_exit(self, proc) -> None:
         self._slots.pop(proc, None)
@@ -394,17 +404,17 @@ class LazyCopies:
 
     def prepare_access(self, proc, addr: int, n: int, write: bool) -> None:
         """Make [addr, addr + n) of proc reachable by twzd without a trap: owed pages
-        settled, holes given zero pages, and (for a write) source pages released and
-        unprotected in proc."""
+        settled, source pages released (holes get zero pages, mapped writable), and (for a
+        write) unprotected in proc."""
         slots, end = self._slots.get(proc, {}), addr + n
-        for base in sorted(self._trapped.get(proc, ())):
+        for base, wp in sorted(self._trapped.get(proc, {}).items()):
             lo, hi = max(addr, base + _MAPPED[0]), min(end, base + _MAPPED[1])
             obj = self._objs.get(slots.get(base, 0))
             if lo >= hi or obj is None:
                 continue
             lo, hi = _pages(lo, hi - lo)
-            if write:
-                self.release_source(obj.id, lo - base, hi - lo)
+            self.release_source(obj.id, lo - base, hi - lo)
+            if write and wp:
                 self.port.protect(proc, lo, hi - lo, False)
             self.settle(obj.id, lo - base, hi - lo)
             for page in range(lo, hi, PAGE):
@@ -424,4 +434,7 @@ class LazyCopies:
         self._ahead[proc] = (addr + run, run)
         if self.settle(oid, off, run):
             return "wake"
+        # A zero page is mapped writable (UFFDIO_ZEROPAGE has no WP mode), so copies owing
+        # this hole of a source take it now: otherwise the source's next write would reach them.
+        self.release_source(oid, off, PAGE)
         return "zero"

@@ -6,30 +6,19 @@ are the ones in memory, dirty ones those not yet written back (a memfd has no ba
 every page of a volatile object it holds counts as dirty there).
 """
 
-import ctypes
-import os
-import struct
-
 from twzlinux.abi import constants as c
 
 from .errors import SyscallError
-
-_SYS_CACHESTAT = 451
-_RANGE = struct.Struct("=QQ")
-_STAT = struct.Struct("=5Q")  # nr_cache, nr_dirty, nr_writeback, nr_evicted, recently_evicted
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
+from .store import cachestat
 
 
 def page_stat(obj, owed: int) -> dict:
     """Counts of obj's pages: resident, dirty, writeback, evicted (host page cache) and owed
     (still to be copied from a lazy copy's source, kernel/cow.py)."""
-    rng = ctypes.create_string_buffer(_RANGE.pack(0, c.OBJ_MAXSIZE))
-    out = ctypes.create_string_buffer(_STAT.size)
-    if _libc.syscall(_SYS_CACHESTAT, obj.backing.fd, rng, out, 0) < 0:
-        err = ctypes.get_errno()
-        raise SyscallError(err, f"cachestat: {os.strerror(err)}")
-    cache, dirty, writeback, evicted, _ = _STAT.unpack(out.raw)
+    try:
+        cache, dirty, writeback, evicted, _ = cachestat(obj.backing.fd, 0, c.OBJ_MAXSIZE)
+    except OSError as e:
+        raise SyscallError(e.errno, e.strerror) from None
     return {"resident": cache, "dirty": dirty, "writeback": writeback, "evicted": evicted,
             "owed": owed, "persistent": obj.persistent}
 

@@ -8,6 +8,7 @@ were granted (a read-only fd for read-only access, so the host kernel enforces i
 import ctypes
 import errno
 import os
+import struct
 from pathlib import Path
 from typing import Iterator
 
@@ -20,6 +21,21 @@ _COPY_CHUNK = 1 << 20
 _TEMP = ".new-"  # never an object name (those are hex:hex)
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long)
+_libc.syscall.restype = ctypes.c_long
+_SYS_CACHESTAT = 451
+_CACHESTAT_RANGE = struct.Struct("=QQ")
+_CACHESTAT = struct.Struct("=5Q")  # nr_cache, nr_dirty, nr_writeback, nr_evicted, recently
+
+
+def cachestat(fd: int, off: int, n: int) -> tuple[int, int, int, int, int]:
+    """cachestat(2) (Linux 6.5+) of fd's [off, off + n): pages cached, dirty, under writeback,
+    evicted (swapped out, for a memfd) and recently evicted."""
+    rng = ctypes.create_string_buffer(_CACHESTAT_RANGE.pack(off, n))
+    out = ctypes.create_string_buffer(_CACHESTAT.size)
+    if _libc.syscall(_SYS_CACHESTAT, fd, rng, out, 0) < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"cachestat: {os.strerror(err)}")
+    return _CACHESTAT.unpack(out.raw)
 
 
 class Backing:
@@ -63,6 +79,32 @@ class Backing:
             stop = min(os.lseek(self.fd, start, os.SEEK_HOLE), end)
             yield start, stop
             off = stop
+
+    def page_extents(self, off: int, n: int, grain: int = 2 << 20) -> list[tuple[int, int]]:
+        """Ranges covering every page of [off, off + n) that an access would find rather than
+        a hole, rounded out to `grain`: SEEK_HOLE would walk each page of the data, where one
+        SEEK_DATA a grain skips whole empty stretches. A stretch that SEEK_DATA skips but
+        cachestat finds pages in (allocated and never written: not data to SEEK_DATA) is
+        covered a grain at a time until the rest of it holds none."""
+        out, at, end = [], off, off + n
+        while at < end:
+            try:
+                start = min(os.lseek(self.fd, at, os.SEEK_DATA), end)
+            except OSError as e:
+                if e.errno != errno.ENXIO:
+                    raise
+                start = end
+            if at < start:
+                cached, _, _, evicted, _ = cachestat(self.fd, at, start - at)
+                if cached or evicted:
+                    start = at
+            stop = min(start - start % grain + grain, end) if start < end else end
+            if start < stop:
+                if out and out[-1][1] == start:
+                    start = out.pop()[0]
+                out.append((start, stop))
+            at = stop
+        return out
 
     def data_end(self, off: int, n: int) -> int:
         """The end of the last allocated extent within [off, off + n), or off if none."""
