@@ -116,7 +116,11 @@ class Thread:
             return
         for f in (sys.stdout, sys.stderr):
             f.flush()  # or the child would write what is buffered a second time
-        pid = os.fork()
+        rt.lib.twz_rt_fork_hosts(1)
+        try:
+            pid = os.fork()
+        finally:
+            rt.lib.twz_rt_fork_hosts(0)
         if pid == 0:
             self._run_forked()
         self._pid = pid
@@ -156,11 +160,11 @@ class Thread:
         code = 127
         try:
             view = self.view.id
+            tsys.sys_lx_thrd_host(self.repr.id)
             r = rt.lib.twz_rt_enter_view(view.lo, view.hi)
             if r < 0:
                 raise syscall_error(-r, f"entering view {view}")
             View._current = self.view
-            tsys.sys_lx_thrd_host(self.repr.id)
             # The repr was created after the view was cloned: it has no slot there yet.
             Object._handles.pop((int(self.repr.id), self.repr.perms), None)
             self.repr = Object._attach(self.repr.id, _RW)

@@ -478,3 +478,38 @@ def test_threads_first_touching_a_lazy_copy_together_never_see_unfilled_pages(
     proc = twzrun(str(exe), timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "zeros 0"
+
+
+def test_a_forked_child_sees_a_lazy_copy_whole_and_cannot_write_into_it(twzrun):
+    # os.fork copies the address space but not userfaultfd registrations: the child must not
+    # read a copy's owed pages as holes (shmem would keep the zeros, for everybody), nor write
+    # the source behind the copy's back. The child then makes its own lazy copy, which must be
+    # trapped in the child too.
+    out = run_json(twzrun, WRITE_100MIB + """
+import json, os
+src = libtwz.Object.create()
+fill(src, 8)
+cp = libtwz.Object.create(src=src.id)        # the parent maps the source: it is protected
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    v = cp.view()
+    seen = [bytes(v[0x1000 + i * MIB:0x1000 + i * MIB + 8]) == page(i)[:8] for i in range(8)]
+    src.view()[0x1000 + 2 * MIB] = 0xEE        # a write to the source, after the copy
+    own = libtwz.Object.create(src=src.id)     # a copy the child makes and writes
+    own.view()[0x1000 + 3 * MIB] = 0xDD
+    mine = own.view()[0x1000 + 2 * MIB] == 0xEE and src.view()[0x1000 + 3 * MIB] == 3
+    os.write(w, json.dumps({"seen": sum(seen), "mine": mine}).encode())
+    os._exit(0)
+os.close(w)
+_, status = os.waitpid(pid, 0)
+child = json.loads(os.read(r, 4096))
+v = cp.view()
+after = [bytes(v[0x1000 + i * MIB:0x1000 + i * MIB + 8]) == page(i)[:8] for i in range(8)]
+print(json.dumps({"status": status, "child": child, "after": sum(after),
+                  "src_written": src.view()[0x1000 + 2 * MIB] == 0xEE}))
+""")
+    assert out["status"] == 0
+    assert out["child"] == {"seen": 8, "mine": True}
+    assert out["after"] == 8, "the child's write to the source reached the copy"
+    assert out["src_written"]

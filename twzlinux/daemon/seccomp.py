@@ -144,8 +144,9 @@ class Listener:
         return 0
 
     def _process_of(self, tid: int):
-        """The caller's kernel record: a process forked to host a thread in another view has its
-        own (kernel.hosted); every other thread of the filter's family is the program's."""
+        """The caller's kernel record: a forked process that hosts a thread in another view, or
+        reported its fork (LX_FORKED), has its own (kernel.hosted); a fork not yet reported
+        counts as its parent's; every other thread of the filter's family is the program's."""
         hosted = self.kernel.hosted
         if not hosted or tid == self.proc.pid:
             return self.proc
@@ -153,10 +154,13 @@ class Listener:
         if proc is None:
             try:
                 with open(f"/proc/{tid}/status", "rb") as f:
-                    tgid = next(int(ln.split()[1]) for ln in f if ln.startswith(b"Tgid:"))
-            except (OSError, StopIteration, ValueError):
+                    ids = dict(ln.split(b":", 1) for ln in f if ln.startswith((b"Tgid:",
+                                                                                b"PPid:")))
+                tgid, ppid = int(ids[b"Tgid"]), int(ids[b"PPid"])
+            except (OSError, KeyError, ValueError):
                 return self.proc
-            proc = hosted.get(tgid, self.proc)
+            proc = hosted.get(tgid) or (hosted.get(ppid, self.proc) if tgid != self.proc.pid
+                                        else self.proc)
         return proc
 
     def _call(self, tid, nr, regs, mem):

@@ -336,6 +336,16 @@ def sys_lx_uffd(k, proc: "Process", mem, fd, wfd):
     return 0
 
 
+@handles("LX_FORKED")
+def sys_lx_forked(k, proc: "Process", mem):
+    """The caller is a Linux fork of `proc`: it gets a record of its own (proc's view, thread and
+    contexts; its exit ends no thread), under which its userfaultfds and mappings are kept."""
+    if k.caller is None or k.caller == proc.pid or k.caller in k.hosted:
+        raise SyscallError(EINVAL, "only a forked child reports its fork, once")
+    k.host_process(proc.view_id, proc.thread_id, k.caller, proc)
+    return 0
+
+
 @handles("LX_MAPPED")
 def sys_lx_mapped(k, proc: "Process", mem, base, oid):
     """Record that the caller mapped `oid` (opened with LX_OBJFD) at slot `base`."""

@@ -101,6 +101,7 @@ uint64_t twz_rt_fetch_and64(uint64_t *p, uint64_t v);
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <sched.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -636,6 +637,7 @@ static int twz_rt_install_handlers(void)
 }
 
 static int twz_thread_install(void); /* twz/thread.h: serves the trapped THRD_SYNC/THRD_CTL */
+static void twz_rt_after_fork(void); /* twz/thread.h: a plain fork's child maps anew */
 
 /* Hand twzd a userfaultfd of this mm, which twzd uses to serve lazy copies (docs/userfaultfd.md).
  * Made here, after exec: exec replaces the mm a uffd belongs to. Our own copy is closed at once,
@@ -690,6 +692,7 @@ int twz_rt_reserve_window(void)
 	}
 	twz_rt.reserved = 1;
 	twz_rt_uffd_handover();
+	pthread_atfork(NULL, NULL, twz_rt_after_fork);
 	return 0;
 }
 

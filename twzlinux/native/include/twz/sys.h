@@ -233,6 +233,7 @@ __extension__ typedef unsigned __int128 objid_t;
 #define SYS_LX_OBJFD 0x100
 #define SYS_LX_UFFD 0x120
 #define SYS_LX_MAPPED 0x121
+#define SYS_LX_FORKED 0x123
 #define SYS_LX_FLUSH 0x122
 #define SYS_LX_GATE 0x130
 #define SYS_LX_THRD_EXIT 0x110
@@ -713,6 +714,15 @@ static inline long sys_lx_uffd(int fd, int wfd)
 static inline long sys_lx_mapped(void *base, objid_t id)
 {
 	return twz_syscall6(TWZ_LINUX_NR(SYS_LX_MAPPED), (long)(uintptr_t)base, (long)ID_LO(id), (long)ID_HI(id), 0, 0, 0);
+}
+
+/* Called by the child of a Linux fork (not THRD_SPAWN), before it touches any object: twzd
+ * gives the child a record of its own, with the parent's view, thread and security contexts, so
+ * that it can trap the child's mappings (docs/userfaultfd.md). The runtime then hands over the
+ * child's userfaultfds and maps its objects afresh. */
+static inline long sys_lx_forked(void)
+{
+	return twz_syscall6(TWZ_LINUX_NR(SYS_LX_FORKED), 0, 0, 0, 0, 0, 0);
 }
 
 /* Write persistent object `id`'s changed pages to disk; returns how many pages were written,

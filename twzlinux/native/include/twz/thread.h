@@ -49,8 +49,13 @@ long twz_thread_exited(uint64_t code);
 /* Twizzler's twz_thread_exit: the code into syncinfos[EXIT], then THRD_CTL_EXIT. */
 void twz_thread_exit(uint64_t code) __attribute__((noreturn));
 
-/* A forked child of a Twizzler process: drop every mapping and run in view (hi:lo) instead. */
+/* A forked child of a Twizzler process, once twzd has its record (LX_THRD_HOST; LX_FORKED, which
+ * the runtime sends itself after a plain fork): hand twzd this mm's own userfaultfds, drop every
+ * mapping inherited from the parent (none of them trapped here) and run in view (hi:lo). */
 int twz_rt_enter_view(uint64_t view_lo, uint64_t view_hi);
+/* on != 0: the calling thread's forks make thread hosts, which register with LX_THRD_HOST, so
+ * the runtime's own after-fork step (LX_FORKED) leaves their children alone. */
+void twz_rt_fork_hosts(int on);
 
 /* Native spawn: start(arg) runs as Twizzler thread `t->tid` (a fresh repr) in the caller's view
  * (view == 0) or in `view`. The register ABI is Twizzler's: rdi = arg, rsi/rdx = the thread ID. */
@@ -403,8 +408,17 @@ static int twz_thread_install(void)
 
 /* ---- views and spawning ------------------------------------------------------------------- */
 
+static __thread int twz_rt_forking_host __attribute__((tls_model("initial-exec")));
+
+void twz_rt_fork_hosts(int on)
+{
+	twz_rt_forking_host = on;
+}
+
 int twz_rt_enter_view(uint64_t view_lo, uint64_t view_hi)
 {
+	twz_rt.uffd_given = 0;
+	twz_rt_uffd_handover();
 	if(mmap(twz_rt_slot_base(WINDOW_START), TWZ_RT_WINDOW_BYTES, PROT_NONE,
 	     TWZ_RT_RESERVE_FLAGS | MAP_FIXED, -1, 0)
 	   == MAP_FAILED)
@@ -412,6 +426,17 @@ int twz_rt_enter_view(uint64_t view_lo, uint64_t view_hi)
 	memset(twz_rt.slot_state, 0, sizeof(twz_rt.slot_state));
 	twz_rt.view_mapped = 0;
 	return twz_rt_init(view_lo, view_hi);
+}
+
+/* pthread_atfork's child handler. Without it a plain fork's child would read a lazy copy's owed
+ * pages as holes (and shmem would keep the zeros, for every process) and write sources behind
+ * their copies' backs: userfaultfd registrations do not survive fork, and twzd could not tell
+ * whose mm an EVENT_FORK uffd is. If twzd refuses the record, the child stays as it was. */
+static void twz_rt_after_fork(void)
+{
+	if(twz_rt_forking_host || !twz_rt.view_mapped || sys_lx_forked() < 0)
+		return;
+	twz_rt_enter_view(ID_LO(twz_rt.view_id), ID_HI(twz_rt.view_id));
 }
 
 struct twz_thread_start {
@@ -456,13 +481,15 @@ int twz_thread_spawn(struct twz_thread *t, objid_t view, void (*start)(void *), 
 	*s = (struct twz_thread_start){ .start = start, .arg = arg, .tid = t->tid, .slot = t->slot };
 	if(view) {
 		fflush(NULL);
+		twz_rt_fork_hosts(1);
 		int pid = fork();
+		twz_rt_fork_hosts(0);
 		if(pid < 0) {
 			free(s);
 			return -errno;
 		}
 		if(pid == 0) {
-			if(twz_rt_enter_view(ID_LO(view), ID_HI(view)) < 0 || sys_lx_thrd_host(t->tid) < 0)
+			if(sys_lx_thrd_host(t->tid) < 0 || twz_rt_enter_view(ID_LO(view), ID_HI(view)) < 0)
 				_exit(127);
 			s->slot = twz_rt_slot_alloc(ID_LO(t->tid), ID_HI(t->tid), VE_READ | VE_WRITE);
 			twz_thread_run(s);
