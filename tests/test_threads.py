@@ -80,6 +80,36 @@ def test_exit_codes_and_a_lost_host(twzrun):
     assert "RuntimeError: boom" in proc.stderr
 
 
+def test_a_thread_in_another_view_spawns_into_a_third(twzrun):
+    # The host of the first thread forks a host of its own: twzd finds the grandchild's spawner
+    # through its parent's record, and each thread reports the view it runs in.
+    proc = twzrun("""
+        import json, os, libtwz
+        from libtwz import Object, Thread, View
+        out = Object.create()
+        def inner():
+            out.write(0x1010, View.current().id.to_bytes(16, "little") + os.getpid().to_bytes(8, "little"))
+            return 7
+        def outer(third):
+            out.write(0x1000, View.current().id.to_bytes(16, "little"))
+            t = Thread(inner, view=third)
+            t.start()
+            return 10 + t.join()
+        a, b = View.clone(), View.clone()
+        t = Thread(outer, (b,), view=a)
+        t.start()
+        code = t.join()
+        rec = out.read(0x1000, 40)
+        print(json.dumps({"code": code, "outer": rec[:16].hex() == a.id.to_bytes(16, "little").hex(),
+                          "inner": rec[16:32].hex() == b.id.to_bytes(16, "little").hex(),
+                          "own_process": int.from_bytes(rec[32:], "little") not in (0, os.getpid())}))
+        """, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    import json
+    assert json.loads(proc.stdout) == {"code": 17, "outer": True, "inner": True,
+                                       "own_process": True}
+
+
 def test_twz_ps_lists_live_threads_with_views_and_names(daemon, tmp_path):
     prog = tmp_path / "ps.py"
     prog.write_text(textwrap.dedent("""
