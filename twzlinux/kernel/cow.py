@@ -132,6 +132,18 @@ class LazyCopies:
     def involved(self, oid: int) -> bool:
         return oid in self._runs or bool(self._copies.get(oid))
 
+    def creditor(self, oid: int, off: int) -> tuple["Obj", int, bool] | None:
+        """If `oid` still owes the page at `off`: (object, offset) of the page it will get, and
+        whether that is copy-on-write (not when the creditor is the pager's store: an evicted
+        page the object still has). Else None. No debt is owed to a debtor: a copy settles its
+        source's debts first (copy), and only objects in no copy are paged out."""
+        runs = self._runs.get(oid, ())
+        i = bisect_right(runs, [off, SLOT]) - 1
+        if i < 0 or not runs[i][0] <= off < runs[i][1]:
+            return None
+        start, _, src, soff = runs[i]
+        return self._objs[src], soff + off - start, src >= 0
+
     def owed_pages(self, oid: int) -> int:
         return sum(end - start for start, end, _, _ in self._runs.get(oid, ())) // PAGE
 

@@ -121,7 +121,8 @@ def sys_odelete(k, proc, mem, oid, flags):
 
 @handles("OSTAT")
 def sys_ostat(k, proc, mem: MemoryAccess, oid, kind, arg, buf):
-    """OS_TYPE_OBJ fills kernel_ostat, OS_TYPE_PAGE (arg = page number) kernel_ostat_page.
+    """OS_TYPE_OBJ fills kernel_ostat, OS_TYPE_PAGE (arg = page number) kernel_ostat_page:
+    OS_PAGE_EXIST if the page holds data, OS_PAGE_COW if a lazy copy still owes it its source's.
 
     Twizzler (OLD) declares this call but answers ENOSYS; these semantics are ours. Hidden
     (deleted but still referenced) objects are visible here, flagged OS_FLAGS_HIDDEN.
@@ -136,8 +137,13 @@ def sys_ostat(k, proc, mem: MemoryAccess, oid, kind, arg, buf):
     elif kind == c.OS_TYPE_PAGE:
         if not 0 <= arg < c.OBJ_MAXSIZE // c.PAGE_SIZE:
             raise SyscallError(EINVAL, "page beyond the object")
-        exist = obj.backing.has_data(arg * c.PAGE_SIZE, c.PAGE_SIZE)
-        out = s.KERNEL_OSTAT_PAGE.pack(arg, c.OS_PAGE_EXIST if exist else 0, 0, 0)
+        # A page a lazy copy still owes is Twizzler's copy-on-write page, reported as such
+        # (and as its source's page exists), not settled by being looked at.
+        debt = k.objects.lazy.creditor(obj.id, arg * c.PAGE_SIZE)
+        holder, off, cow = debt or (obj, arg * c.PAGE_SIZE, False)
+        exist = holder.backing.has_data(off, c.PAGE_SIZE)
+        out = s.KERNEL_OSTAT_PAGE.pack(arg, (c.OS_PAGE_EXIST if exist else 0)
+                                       | (c.OS_PAGE_COW if cow else 0), 0, 0)
     else:
         raise SyscallError(EINVAL, "unknown stat type")
     mem.write(buf, out)
