@@ -530,3 +530,29 @@ print(json.dumps({"status": status, "child": child, "after": sum(after),
     assert out["child"] == {"seen": 8, "mine": True}
     assert out["after"] == 8, "the child's write to the source reached the copy"
     assert out["src_written"]
+
+
+def test_a_program_started_by_a_program_reads_a_lazy_copy_whole(twzrun, tmp_path):
+    # subprocess (vfork + exec) of another Twizzler program: the child is a new mm in the
+    # program's family, which twzd must trap on its own, not take for its parent's.
+    child = tmp_path / "child.py"
+    child.write_text(WRITE_100MIB + """
+import json, sys
+cp = libtwz.Object.open(sys.argv[1])
+v = cp.view()
+print(json.dumps({"seen": sum(bytes(v[0x1000 + i * MIB:0x1000 + i * MIB + 8]) == page(i)[:8]
+                              for i in range(8))}))
+""")
+    out = run_json(twzrun, WRITE_100MIB + f"""
+import json, subprocess, sys
+src = libtwz.Object.create()
+fill(src, 8)
+cp = libtwz.Object.create(src=src.id)
+first = json.loads(subprocess.run([sys.executable, {str(child)!r}, str(cp.id)],
+                                  capture_output=True, text=True).stdout)
+src.view()[0x1000 + 3 * MIB] = 0xEE                 # the source moves on; the copy must not
+second = json.loads(subprocess.run([sys.executable, {str(child)!r}, str(cp.id)],
+                                   capture_output=True, text=True).stdout)
+print(json.dumps({{"first": first, "second": second}}))
+""")
+    assert out == {"first": {"seen": 8}, "second": {"seen": 8}}

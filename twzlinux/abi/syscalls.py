@@ -147,7 +147,8 @@ TABLE = (
             doc="Hand twzd two userfaultfds of the caller (made by the runtime at start-up, "
                 "after exec): `fd` serves lazy copies, `wfd` (or -1) tracks writes to "
                 "persistent objects (WP_ASYNC). twzd takes copies with pidfd_getfd "
-                "(docs/userfaultfd.md). Once per process."),
+                "(docs/userfaultfd.md). Once per exec: a process started by another of the "
+                "program's gets a record of its own; one that exec'd starts afresh."),
     Syscall(LX_BASE + 0x21, "LX_MAPPED", (_ptr("base", "void *"), _id("id")), personality=True,
             doc="Tell twzd that object `id` (opened with LX_OBJFD) is now mapped at slot "
                 "`base`, so that it can trap that mapping's missing pages and writes while the "

@@ -94,6 +94,14 @@ class UffdPort:
     def can_trap(self, proc) -> bool:
         return proc in self._fds
 
+    def tgid(self, tid: int) -> int:
+        """The process of Linux thread `tid` (itself if it is gone: it answers nothing then)."""
+        try:
+            with open(f"/proc/{tid}/status", "rb") as f:
+                return next(int(ln.split()[1]) for ln in f if ln.startswith(b"Tgid:"))
+        except (OSError, StopIteration, ValueError):
+            return tid
+
     def adopt(self, proc, fd: int, wfd: int) -> None:
         if proc in self._fds:
             raise SyscallError(errno.EBUSY, "this process already handed over a userfaultfd")

@@ -334,10 +334,22 @@ def sys_detach(k, proc: "Process", mem, parent, child, xflags):
 @handles("LX_UFFD")
 def sys_lx_uffd(k, proc: "Process", mem, fd, wfd):
     """Adopt the caller's userfaultfds (its fd numbers; wfd -1 for none). ENOSYS when twzd has
-    no userfaultfd adapter, EBUSY the second time, EINVAL if one is not a userfaultfd."""
+    no userfaultfd adapter, EINVAL if one is not a userfaultfd.
+
+    The runtime hands them over right after exec, so the call also says the caller's mm is
+    new. A caller that is not `proc`'s own process is a program that a process of this one
+    started (vfork and exec): it gets a record of its own, as a fork does (LX_FORKED), else
+    its mappings would count as trapped under its parent's. `proc`'s own process calling again
+    has exec'd: what it mapped went with its old mm."""
     port = k.objects.lazy.port
     if port is None:
         raise SyscallError(ENOSYS, "this kernel serves no userfaultfd")
+    pid = port.tgid(k.caller) if k.caller is not None else proc.pid
+    if pid != proc.pid:
+        proc = k.host_process(proc.view_id, proc.thread_id, pid, proc)
+    elif port.can_trap(proc):
+        k.objects.unmap_all(proc)
+        k.objects.lazy.process_exit(proc)
     port.adopt(proc, fd, wfd)
     return 0
 

@@ -703,7 +703,8 @@ static inline long sys_lx_objfd(objid_t id, int perms)
 
 /* Hand twzd two userfaultfds of the caller (made by the runtime at start-up, after exec): `fd`
  * serves lazy copies, `wfd` (or -1) tracks writes to persistent objects (WP_ASYNC). twzd takes
- * copies with pidfd_getfd (docs/userfaultfd.md). Once per process. */
+ * copies with pidfd_getfd (docs/userfaultfd.md). Once per exec: a process started by another of
+ * the program's gets a record of its own; one that exec'd starts afresh. */
 static inline long sys_lx_uffd(int fd, int wfd)
 {
 	return twz_syscall6(TWZ_LINUX_NR(SYS_LX_UFFD), (long)fd, (long)wfd, 0, 0, 0, 0);
