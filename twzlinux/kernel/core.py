@@ -78,7 +78,7 @@ class Kernel:
         self.dirty = DirtyPages(self.objects.lazy)
         self.quota = Quota(self.objects)
         self.threads = Threads(self)
-        self.hosted: dict[int, Process] = {}  # pid -> a process forked to host a thread
+        self.hosted: dict[int, Process] = {}  # pid -> a thread host, a fork, a started program
         self.on_host: Callable[[Process], None] = lambda proc: None  # the daemon watches it
         self.caller: int | None = None  # Linux tid of the current syscall's caller
 
@@ -119,8 +119,9 @@ class Kernel:
         return proc
 
     def host_process(self, view_id: int, thread_id: int, pid: int, spawner: Process) -> Process:
-        """Process `pid`, forked by `spawner`, now runs thread_id in view_id (with the spawner's
-        security contexts, as THRD_SPAWN gives a thread its creator's)."""
+        """Process `pid`, forked (or started) by `spawner`, gets a record of its own: it runs
+        thread_id in view_id, with the spawner's security contexts (as THRD_SPAWN gives a thread
+        its creator's). Its exit ends it (on_host: the daemon watches its pidfd)."""
         proc = Process(view_id, thread_id, self.root_namespace, pid=pid, owned=False,
                        ctx=spawner.ctx.inherit())
         self.hosted[pid] = proc
