@@ -31,6 +31,7 @@ _SPAWN_ARGS = struct.Struct("<16sQQQQQQ")  # struct sys_thrd_spawn_args
 _EXIT_WORD = c.OBJ_NULLPAGE_SIZE + st.THRD_SYNCS + 8 * st.THRD_SYNC_EXIT
 _EXIT_CODE = c.OBJ_NULLPAGE_SIZE + st.THRD_SYNCINFOS + 8 * st.THRD_SYNC_EXIT
 _RW = c.FE_READ | c.FE_WRITE
+_U64 = (1 << 64) - 1
 _VIEW_FLAGS = (c.MIP_DFL_READ | c.MIP_DFL_WRITE | c.MIP_DFL_USE) | c.KSO_VIEW << c.OC_KSO_SHIFT
 
 
@@ -149,11 +150,15 @@ class Thread:
         self._finish(self._run_target())
 
     def _finish(self, code: int) -> None:
-        self._code = code
-        r = rt.lib.twz_thread_exited(code & 0xFFFFFFFFFFFFFFFF)
-        if r < 0:
-            print(f"libtwz: thread {self.repr.id} could not report its exit: "
-                  f"{c.errno_name(-r)}", file=sys.stderr)
+        # The ID in hand, not reprid through gs: reading the repr would map it (LX_OBJFD,
+        # LX_MAPPED), which a thread that never touches its repr has no other use for.
+        try:
+            tsys.sys_lx_thrd_exit(self.repr.id, code)
+        except TwzError as e:
+            print(f"libtwz: thread {self.repr.id} could not report its exit: {e}",
+                  file=sys.stderr)
+            return
+        self._code = code & _U64
 
     def _run_forked(self) -> None:
         """The host process: enter the view, register, run, exit. Never returns."""
@@ -187,6 +192,15 @@ class Thread:
         from .sync import sleep
         if self.repr is None:
             raise TwzError("the thread has not been started")
+        if self._pythread is not None:
+            # A thread of this process ends its Linux thread only after LX_THRD_EXIT has set
+            # the EXIT word, so joining the Linux thread waits for the same event, and the
+            # code it reported is the one twzd stored, without mapping the repr here.
+            self._pythread.join(timeout)
+            if self._pythread.is_alive():
+                return None
+            if self._code is not None:
+                return self._code
         word = self.repr.address + _EXIT_WORD
         while not rt.load64(word):
             if not sleep(self.repr, _EXIT_WORD, 0, timeout) and not rt.load64(word):
