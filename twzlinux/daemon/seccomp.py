@@ -9,6 +9,7 @@ inside the event loop, and an escaping error would stop twzd serving everyone).
 import errno
 import logging
 import os
+import signal
 import struct
 
 from twzlinux._twznotif import ffi, lib
@@ -32,8 +33,77 @@ _LX_TRACE = BY_NAME["LX_TRACE"].linux_nr
 _SERVED_IN_PROCESS = {BY_NAME["THRD_SYNC"].nr, BY_NAME["THRD_CTL"].nr}  # twz/thread.h serves them
 
 
+_PIDFD_THREAD = os.O_EXCL  # pidfd_open: the pidfd of a thread, not only of a leader (6.9+)
+_TGIDS_KEPT = 256  # bounds the pidfds a listener holds for callers' thread groups
+
+
 def _raise_errno(err: int):
     raise OSError(-err, os.strerror(-err))
+
+
+def _status_ids(tid: int) -> tuple[int, int] | None:
+    """(Tgid, PPid) of thread tid from /proc, or None if it cannot be read (gone)."""
+    try:
+        with open(f"/proc/{tid}/status", "rb") as f:
+            ids = dict(ln.split(b":", 1) for ln in f if ln.startswith((b"Tgid:", b"PPid:")))
+        return int(ids[b"Tgid"]), int(ids[b"PPid"])
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def _alive(pidfd: int) -> bool:
+    try:
+        signal.pidfd_send_signal(pidfd, 0)
+        return True
+    except OSError:
+        return False
+
+
+class _ThreadGroups:
+    """tid -> Tgid of the threads that trapped, so a thread's calls do not each read /proc.
+
+    A thread's group never changes while it lives, but its tid is reused once it has exited:
+    each entry keeps a pidfd of the thread it was read for and is used only while that thread
+    is alive, so a reused tid is read again. Where the kernel has no thread pidfds (before
+    6.9) nothing is kept and every lookup reads /proc.
+    """
+
+    def __init__(self):
+        self._known: dict[int, tuple[int, int]] = {}  # tid -> (pidfd, tgid)
+
+    def tgid(self, tid: int) -> int | None:
+        known = self._known.get(tid)
+        if known is not None:
+            if _alive(known[0]):
+                return known[1]
+            self._forget(tid)
+        try:
+            pidfd = os.pidfd_open(tid, _PIDFD_THREAD)
+        except OSError:
+            pidfd = None
+        ids = _status_ids(tid)
+        if pidfd is not None:
+            # alive after the read: the tid was not reused in between, the status is its own
+            if ids is not None and _alive(pidfd):
+                self._keep(tid, pidfd, ids[0])
+            else:
+                os.close(pidfd)
+        return ids[0] if ids else None
+
+    def _keep(self, tid: int, pidfd: int, tgid: int) -> None:
+        if len(self._known) >= _TGIDS_KEPT:
+            for old in [t for t, (fd, _) in self._known.items() if not _alive(fd)]:
+                self._forget(old)
+            if len(self._known) >= _TGIDS_KEPT:
+                self._forget(next(iter(self._known)))  # the oldest, all being alive
+        self._known[tid] = (pidfd, tgid)
+
+    def _forget(self, tid: int) -> None:
+        os.close(self._known.pop(tid)[0])
+
+    def close(self) -> None:
+        for tid in list(self._known):
+            self._forget(tid)
 
 
 class Listener:
@@ -48,6 +118,7 @@ class Listener:
         self._notif = ffi.new("uint64_t[9]")  # twz_notif_recv's out, reused call after call
         self._notif_bytes = ffi.buffer(self._notif)
         self.exited = False  # set by the server after Kernel.process_exit(proc)
+        self._tgids = _ThreadGroups()
         # Wake the caller on the CPU twzd answers from: on this 2-CPU machine it is the
         # difference between ~10 µs and ~90 µs per call.
         err = lib.twz_notif_set_sync_wakeup(fd)
@@ -63,6 +134,7 @@ class Listener:
         self.loop.remove_reader(self.fd)
         os.close(self.fd)
         self.fd = None
+        self._tgids.close()
 
     def _on_readable(self) -> None:
         try:
@@ -134,17 +206,16 @@ class Listener:
         if not hosted:
             return self.proc
         proc = hosted.get(tid)
-        if proc is None:
-            try:
-                with open(f"/proc/{tid}/status", "rb") as f:
-                    ids = dict(ln.split(b":", 1) for ln in f if ln.startswith((b"Tgid:",
-                                                                                b"PPid:")))
-                tgid, ppid = int(ids[b"Tgid"]), int(ids[b"PPid"])
-            except (OSError, KeyError, ValueError):
-                return self.proc
-            proc = hosted.get(tgid) or (hosted.get(ppid, self.proc) if tgid != self.proc.pid
-                                        else self.proc)
-        return proc
+        if proc is not None:
+            return proc
+        tgid = self._tgids.tgid(tid)
+        if tgid is None:
+            return self.proc
+        proc = hosted.get(tgid)
+        if proc is not None or tgid == self.proc.pid:
+            return proc or self.proc
+        ids = _status_ids(tid)  # read now, never kept: a thread's parent can change
+        return hosted.get(ids[1], self.proc) if ids else self.proc
 
     def _call(self, tid, nr, regs, mem):
         if nr < SYSCALL_BASE:
