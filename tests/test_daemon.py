@@ -6,11 +6,13 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
 from conftest import daemon_pid, start_daemon, twz, twz_env, wait_for
 from twzlinux.daemon import client, protocol
+from twzlinux.daemon.seccomp import _alive, _ThreadGroups
 
 
 def twzrun_popen(home: Path, *argv, **kw) -> subprocess.Popen:
@@ -275,3 +277,29 @@ def test_a_wedged_daemon_does_not_hang_clients(fresh_home):
         assert "does not answer" in run.stderr and "daemon stop" in run.stderr
     finally:
         twzd.send_signal(signal.SIGCONT)
+
+
+def test_a_callers_thread_group_is_believed_only_while_its_thread_lives():
+    """twzd keeps each trapping thread's Tgid by tid; a tid is reused once its thread exits,
+    maybe by another process's thread, so what a dead thread left is read again."""
+    groups, stop, hold = _ThreadGroups(), threading.Event(), threading.Event()
+    live = threading.Thread(target=stop.wait)
+    dead = threading.Thread(target=hold.wait)
+    live.start()
+    dead.start()
+    try:
+        assert groups.tgid(live.native_id) == os.getpid()
+        assert groups.tgid(live.native_id) == os.getpid()
+        pidfd = os.pidfd_open(dead.native_id, os.O_EXCL)  # PIDFD_THREAD
+        hold.set()
+        dead.join()
+        wait_for(lambda: not _alive(pidfd), what="the thread to be gone")
+        # as if live's tid had been learnt from a thread of another group that has exited
+        groups._forget(live.native_id)
+        groups._known[live.native_id] = (pidfd, 1)
+        assert groups.tgid(live.native_id) == os.getpid()
+    finally:
+        stop.set()
+        live.join()
+        groups.close()
+    assert groups._known == {}

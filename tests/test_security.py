@@ -265,8 +265,8 @@ def test_attach_needs_use_and_detach_honours_every_flag(k, world):
         seen = []
         handler = k.access.around
 
-        def spy(ctxs, nr, run):
-            return handler(ctxs, nr, lambda: seen.append(list(ctxs.attached)) or run())
+        def spy(ctxs, nr, run, *args):
+            return handler(ctxs, nr, lambda: seen.append(list(ctxs.attached)) or run(*args))
         k.access.around = spy
         try:
             call(k, proc, sysc_name, c.KCONF_RDRESET, 0)

@@ -21,6 +21,7 @@ SYSCALL_BASE = 0x1000
 SYSCALL_LIMIT = 0x2000  # the seccomp filter sends [BASE, LIMIT) to twzd
 LX_BASE = 0x100
 NUM_REGS = 6
+_U64 = (1 << 64) - 1
 
 
 @dataclass(frozen=True)
@@ -217,25 +218,32 @@ def split_args(call: Syscall, values) -> list:
     return regs
 
 
-def join_args(call: Syscall, regs) -> list:
-    """Turn raw register values (u64) into typed argument values; the inverse of split_args."""
-    out, i = [], 0
+def _join_expr(arg: Arg, i: int) -> str:
+    """Python source for arg's value from registers r[i:], each taken as a u64."""
+    if arg.kind == "id":
+        return f"(r[{i + 1}] & {_U64}) << 64 | (r[{i}] & {_U64})"
+    if arg.kind == "int":
+        sign = 1 << 31 if arg.ctype == "int" else 1 << 63
+        return f"((r[{i}] & {2 * sign - 1}) ^ {sign}) - {sign}"  # sign-extend
+    if arg.kind in ("flags", "enum") and arg.ctype == "int":
+        return f"r[{i}] & 0xFFFFFFFF"
+    return f"r[{i}] & {_U64}"
+
+
+def _compile_joiner(call: Syscall):
+    """`join_args` for one call as one expression: twzd decodes every trapped call, and a
+    straight-line expression costs a fraction of walking the argument list each time."""
+    exprs, i = [], 0
     for arg in call.args:
-        if arg.kind == "id":
-            out.append((regs[i + 1] << 64) | regs[i])
-            i += 2
-        elif arg.kind == "int":
-            v = regs[i]
-            if arg.ctype == "int":
-                v &= 0xFFFFFFFF
-                out.append(v - (1 << 32) if v >> 31 else v)
-            else:
-                out.append(v - (1 << 64) if v >> 63 else v)
-            i += 1
-        elif arg.kind in ("flags", "enum") and arg.ctype == "int":
-            out.append(regs[i] & 0xFFFFFFFF)
-            i += 1
-        else:
-            out.append(regs[i])
-            i += 1
-    return out
+        exprs.append(_join_expr(arg, i))
+        i += arg.nregs
+    return eval(f"lambda r: [{', '.join(exprs)}]")
+
+
+JOINERS = {s.name: _compile_joiner(s) for s in TABLE}  # name -> join_args(that call, regs)
+
+
+def join_args(call: Syscall, regs) -> list:
+    """Turn raw register values into typed argument values (each register taken as a u64,
+    IDs as 128-bit ints); the inverse of split_args."""
+    return JOINERS[call.name](regs)

@@ -41,6 +41,8 @@ class ProcMemory:
     dies, and only a check after the open proves the file belongs to the caller.
     """
 
+    __slots__ = ("tid", "_still_valid", "_fd")  # one is made per trapped call
+
     def __init__(self, tid: int, still_valid):
         self.tid = tid
         self._still_valid = still_valid

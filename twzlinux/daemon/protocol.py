@@ -28,7 +28,7 @@ class ProtocolError(Exception):
 
 
 def build_id() -> str:
-    """A hash of every source the daemon or a program runs (Python, and the runtime's headers).
+    """A hash of every source the daemon or a program runs (Python, and the native C sources).
 
     A daemon started before an edit is then detected by the next client, instead of failing in
     some confusing way later.
@@ -36,7 +36,8 @@ def build_id() -> str:
     root = pathlib.Path(__file__).resolve().parents[2]
     h = hashlib.blake2b(digest_size=8)
     for pkg in ("twzlinux", "libtwz"):
-        sources = [*(root / pkg).rglob("*.py"), *(root / pkg).rglob("*.h")]
+        sources = [*(root / pkg).rglob("*.py"), *(root / pkg).rglob("*.h"),
+                   *(root / pkg).rglob("*.c")]
         for path in sorted(sources):
             h.update(str(path.relative_to(root)).encode() + b"\0")
             h.update(path.read_bytes())

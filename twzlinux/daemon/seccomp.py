@@ -7,12 +7,12 @@ inside the event loop, and an escaping error would stop twzd serving everyone).
 """
 
 import errno
-import fcntl
 import logging
 import os
-import select
+import signal
 import struct
 
+from twzlinux._twznotif import ffi, lib
 from twzlinux.abi.syscalls import BY_NAME, SYSCALL_BASE
 from twzlinux.daemon import policy
 from twzlinux.daemon.procmem import ProcMemory
@@ -22,24 +22,88 @@ from twzlinux.kernel.gates import Deferred
 
 log = logging.getLogger("twzd.seccomp")
 
-
-def _ioc(direction: int, nr: int, size: int) -> int:
-    return (direction << 30) | (size << 16) | (ord("!") << 8) | nr
-
-
-_IOW, _IOWR = 1, 3
-NOTIF = struct.Struct("=QIIiIQ6Q")  # struct seccomp_notif: id, pid, flags, then seccomp_data
-RESP = struct.Struct("=QqiI")  # struct seccomp_notif_resp: id, val, error, flags
-ADDFD = struct.Struct("=QIIII")  # struct seccomp_notif_addfd: id, flags, srcfd, newfd, newfd_flags
-SECCOMP_IOCTL_NOTIF_RECV = _ioc(_IOWR, 0, NOTIF.size)
-SECCOMP_IOCTL_NOTIF_SEND = _ioc(_IOWR, 1, RESP.size)
-SECCOMP_IOCTL_NOTIF_ID_VALID = _ioc(_IOW, 2, 8)
-SECCOMP_IOCTL_NOTIF_ADDFD = _ioc(_IOW, 3, ADDFD.size)
-SECCOMP_IOCTL_NOTIF_SET_FLAGS = _ioc(_IOW, 4, 8)  # 6.6+, missing from the 6.1 headers
-SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP = 1
-SECCOMP_ADDFD_FLAG_SEND = 2
+_U64 = (1 << 64) - 1
+# Calls served per wake-up while more are pending: a caller woken by SEND usually traps again
+# before twzd is back in its loop, and serving it at once saves the loop's round. The bound
+# keeps every other fd (other programs, exits, requests) from waiting behind a busy caller.
+_BURST = 64
+# twz_notif_recv's out: id, tid, nr, then the registers (struct reads it faster than ffi.unpack)
+_HEAD, _REGS = struct.Struct("=3Q"), struct.Struct("=6Q")
 _LX_TRACE = BY_NAME["LX_TRACE"].linux_nr
 _SERVED_IN_PROCESS = {BY_NAME["THRD_SYNC"].nr, BY_NAME["THRD_CTL"].nr}  # twz/thread.h serves them
+
+
+_PIDFD_THREAD = os.O_EXCL  # pidfd_open: the pidfd of a thread, not only of a leader (6.9+)
+_TGIDS_KEPT = 256  # bounds the pidfds a listener holds for callers' thread groups
+
+
+def _raise_errno(err: int):
+    raise OSError(-err, os.strerror(-err))
+
+
+def _status_ids(tid: int) -> tuple[int, int] | None:
+    """(Tgid, PPid) of thread tid from /proc, or None if it cannot be read (gone)."""
+    try:
+        with open(f"/proc/{tid}/status", "rb") as f:
+            ids = dict(ln.split(b":", 1) for ln in f if ln.startswith((b"Tgid:", b"PPid:")))
+        return int(ids[b"Tgid"]), int(ids[b"PPid"])
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def _alive(pidfd: int) -> bool:
+    try:
+        signal.pidfd_send_signal(pidfd, 0)
+        return True
+    except OSError:
+        return False
+
+
+class _ThreadGroups:
+    """tid -> Tgid of the threads that trapped, so a thread's calls do not each read /proc.
+
+    A thread's group never changes while it lives, but its tid is reused once it has exited:
+    each entry keeps a pidfd of the thread it was read for and is used only while that thread
+    is alive, so a reused tid is read again. Where the kernel has no thread pidfds (before
+    6.9) nothing is kept and every lookup reads /proc.
+    """
+
+    def __init__(self):
+        self._known: dict[int, tuple[int, int]] = {}  # tid -> (pidfd, tgid)
+
+    def tgid(self, tid: int) -> int | None:
+        known = self._known.get(tid)
+        if known is not None:
+            if _alive(known[0]):
+                return known[1]
+            self._forget(tid)
+        try:
+            pidfd = os.pidfd_open(tid, _PIDFD_THREAD)
+        except OSError:
+            pidfd = None
+        ids = _status_ids(tid)
+        if pidfd is not None:
+            # alive after the read: the tid was not reused in between, the status is its own
+            if ids is not None and _alive(pidfd):
+                self._keep(tid, pidfd, ids[0])
+            else:
+                os.close(pidfd)
+        return ids[0] if ids else None
+
+    def _keep(self, tid: int, pidfd: int, tgid: int) -> None:
+        if len(self._known) >= _TGIDS_KEPT:
+            for old in [t for t, (fd, _) in self._known.items() if not _alive(fd)]:
+                self._forget(old)
+            if len(self._known) >= _TGIDS_KEPT:
+                self._forget(next(iter(self._known)))  # the oldest, all being alive
+        self._known[tid] = (pidfd, tgid)
+
+    def _forget(self, tid: int) -> None:
+        os.close(self._known.pop(tid)[0])
+
+    def close(self) -> None:
+        for tid in list(self._known):
+            self._forget(tid)
 
 
 class Listener:
@@ -51,16 +115,17 @@ class Listener:
     def __init__(self, loop, fd: int, kernel, proc, trace=None):
         self.loop, self.fd, self.kernel, self.proc = loop, fd, kernel, proc
         self.trace = trace
-        self._poller = select.poll()
-        self._poller.register(fd, select.POLLIN)
+        self._notif = ffi.new("uint64_t[9]")  # twz_notif_recv's out, reused call after call
+        self._notif_bytes = ffi.buffer(self._notif)
         self.exited = False  # set by the server after Kernel.process_exit(proc)
-        try:
-            # Wake the caller on the CPU twzd answers from: on this 2-CPU machine it is the
-            # difference between ~10 µs and ~90 µs per call.
-            fcntl.ioctl(fd, SECCOMP_IOCTL_NOTIF_SET_FLAGS, SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP)
-        except OSError as e:
+        self._tgids = _ThreadGroups()
+        # Wake the caller on the CPU twzd answers from: on this 2-CPU machine it is the
+        # difference between ~10 µs and ~90 µs per call.
+        err = lib.twz_notif_set_sync_wakeup(fd)
+        if err:
             log.warning("listener for pid %s: SYNC_WAKE_UP not available (%s); calls will be "
-                        "slower when the caller sleeps on another CPU", proc.pid, e.strerror)
+                        "slower when the caller sleeps on another CPU", proc.pid,
+                        os.strerror(-err))
         loop.add_reader(fd, self._on_readable)
 
     def close(self) -> None:
@@ -69,45 +134,36 @@ class Listener:
         self.loop.remove_reader(self.fd)
         os.close(self.fd)
         self.fd = None
+        self._tgids.close()
 
     def _on_readable(self) -> None:
         try:
-            # RECV blocks when nothing is pending, which would freeze twzd: only call it when
-            # poll says a notification is waiting. One per wake-up; the loop calls again.
-            ready = self._poller.poll(0)
-            events = ready[0][1] if ready else 0
-            if events & select.POLLIN:
-                self._serve_one()
-            elif events & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
-                self.close()  # every process that could trap through this filter is gone
+            for _ in range(_BURST):
+                if self.fd is None:
+                    return
+                got = lib.twz_notif_recv(self.fd, self._notif)
+                if got == lib.TWZ_NOTIF_READY:
+                    self._serve_one()
+                elif got == lib.TWZ_NOTIF_NONE:
+                    return
+                elif got == lib.TWZ_NOTIF_HUP:
+                    self.close()  # every process that could trap through this filter is gone
+                    return
+                else:
+                    _raise_errno(got)
         except Exception:
             log.exception("seccomp listener for pid %s failed; closing it", self.proc.pid)
             self.close()
 
-    def _recv(self):
-        buf = bytearray(NOTIF.size)  # must be zero on every call or the kernel says EINVAL
-        try:
-            fcntl.ioctl(self.fd, SECCOMP_IOCTL_NOTIF_RECV, buf, True)
-        except OSError as e:
-            if e.errno in (errno.ENOENT, errno.EAGAIN, errno.EINTR):
-                return None  # the caller was killed between the wake-up and the RECV
-            raise
-        return NOTIF.unpack(buf)
-
     def _id_valid(self, notif_id: int) -> bool:
-        try:
-            fcntl.ioctl(self.fd, SECCOMP_IOCTL_NOTIF_ID_VALID, struct.pack("=Q", notif_id))
-            return True
-        except OSError as e:
-            if e.errno == errno.ENOENT:
-                return False
-            raise
+        valid = lib.twz_notif_id_valid(self.fd, notif_id)
+        if valid < 0:
+            _raise_errno(valid)
+        return bool(valid)
 
     def _serve_one(self) -> None:
-        notif = self._recv()
-        if notif is None:
-            return
-        notif_id, tid, _flags, nr, _arch, _ip, *regs = notif
+        notif_id, tid, nr = _HEAD.unpack_from(self._notif_bytes)
+        regs = _REGS.unpack_from(self._notif_bytes, _HEAD.size)
         if nr == _LX_TRACE and self.trace:
             self._answer(notif_id, self._served_in_process(tid, regs))
             return
@@ -119,20 +175,19 @@ class Listener:
         # No ID_VALID check here: ProcMemory checked it after opening the caller's memory (the
         # check that matters, against a recycled tid), and an answer to a caller that has gone
         # since fails with ENOENT, which both answer paths expect.
-        if isinstance(result, Deferred):
+        if isinstance(result, int):
+            if self.trace:  # before: the line then precedes anything the caller writes next
+                self.trace(tid, format_call(tid, nr, regs, result))
+            self._answer(notif_id, result)
+        elif isinstance(result, Deferred):
             # Answered when the kernel completes it (a gate call, twzlinux/kernel/gates.py);
             # the caller stays in its syscall until then.
             result.attach(lambda value, writes: self._finish(notif_id, tid, nr, regs, value,
                                                              writes))
-            return
-        if isinstance(result, FdResult):
+        else:
             installed = self._answer_fd(notif_id, result.fd)
             if self.trace:  # after: the caller's fd number exists only once installed
                 self.trace(tid, format_call(tid, nr, regs, installed))
-        else:
-            if self.trace:  # before: the line then precedes anything the caller writes next
-                self.trace(tid, format_call(tid, nr, regs, result))
-            self._answer(notif_id, result)
 
     def _served_in_process(self, tid: int, regs) -> int:
         """LX_TRACE: the line for a THRD_SYNC/THRD_CTL the runtime served in-process."""
@@ -148,25 +203,24 @@ class Listener:
         reported its fork (LX_FORKED), has its own (kernel.hosted); a fork not yet reported
         counts as its parent's; every other thread of the filter's family is the program's."""
         hosted = self.kernel.hosted
-        if not hosted or tid == self.proc.pid:
+        if not hosted:
             return self.proc
         proc = hosted.get(tid)
-        if proc is None:
-            try:
-                with open(f"/proc/{tid}/status", "rb") as f:
-                    ids = dict(ln.split(b":", 1) for ln in f if ln.startswith((b"Tgid:",
-                                                                                b"PPid:")))
-                tgid, ppid = int(ids[b"Tgid"]), int(ids[b"PPid"])
-            except (OSError, KeyError, ValueError):
-                return self.proc
-            proc = hosted.get(tgid) or (hosted.get(ppid, self.proc) if tgid != self.proc.pid
-                                        else self.proc)
-        return proc
+        if proc is not None:
+            return proc
+        tgid = self._tgids.tgid(tid)
+        if tgid is None:
+            return self.proc
+        proc = hosted.get(tgid)
+        if proc is not None or tgid == self.proc.pid:
+            return proc or self.proc
+        ids = _status_ids(tid)  # read now, never kept: a thread's parent can change
+        return hosted.get(ids[1], self.proc) if ids else self.proc
 
     def _call(self, tid, nr, regs, mem):
         if nr < SYSCALL_BASE:
             return -policy.REFUSAL_ERRNO  # a refused Linux call, sent here only under --trace
-        proc = self._process_of(tid)
+        proc = self.proc if tid == self.proc.pid else self._process_of(tid)
         if self.exited and proc is self.proc:
             # A descendant outlived the process whose record the call would act on.
             log.info("pid %s exited; its descendant %s made syscall %#x: ESRCH",
@@ -174,7 +228,8 @@ class Listener:
             return -errno.ESRCH
         try:
             result = self.kernel.syscall(proc, nr, regs, mem, tid=tid)
-            if isinstance(result, (int, FdResult, Deferred)) and not isinstance(result, bool):
+            if type(result) is int or (isinstance(result, (int, FdResult, Deferred))
+                                       and not isinstance(result, bool)):
                 return result
             raise TypeError(f"Kernel.syscall returned {result!r}, not an int or FdResult")
         except SyscallError as e:
@@ -200,29 +255,21 @@ class Listener:
         self._answer(notif_id, value)
 
     def _answer(self, notif_id: int, value: int) -> None:
-        if -4095 <= value < 0:
-            resp = RESP.pack(notif_id, 0, value, 0)
-        else:
-            # rax is 64 bits: a u64 result (KCONF) with the top bit set travels as a negative val
-            value &= 0xFFFFFFFFFFFFFFFF
-            resp = RESP.pack(notif_id, value - (1 << 64) if value >> 63 else value, 0, 0)
-        try:
-            fcntl.ioctl(self.fd, SECCOMP_IOCTL_NOTIF_SEND, bytearray(resp), True)
-        except OSError as e:
-            if e.errno != errno.ENOENT:  # ENOENT: the caller has gone
-                raise
+        # rax is 64 bits: a u64 result (KCONF) with the top bit set travels as a negative val
+        err = lib.twz_notif_send(self.fd, notif_id, value & _U64)
+        if err and err != -errno.ENOENT:  # ENOENT: the caller has gone
+            _raise_errno(err)
 
     def _answer_fd(self, notif_id: int, fd: int) -> int:
         """Install `fd` in the caller as the call's result; the caller's fd number or -errno."""
-        req = ADDFD.pack(notif_id, SECCOMP_ADDFD_FLAG_SEND, fd, 0, os.O_CLOEXEC)
         try:
-            return fcntl.ioctl(self.fd, SECCOMP_IOCTL_NOTIF_ADDFD, bytearray(req), True)
-        except OSError as e:
-            if e.errno == errno.ENOENT:
-                return -errno.ESRCH
-            if e.errno == errno.EMFILE:
-                self._answer(notif_id, -errno.EMFILE)  # the caller's fd table is full
-                return -errno.EMFILE
-            raise
+            installed = lib.twz_notif_addfd_send(self.fd, notif_id, fd)
         finally:
             os.close(fd)
+        if installed == -errno.ENOENT:
+            return -errno.ESRCH
+        if installed == -errno.EMFILE:
+            self._answer(notif_id, -errno.EMFILE)  # the caller's fd table is full
+        elif installed < 0:
+            _raise_errno(installed)
+        return installed

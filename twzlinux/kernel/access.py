@@ -178,11 +178,14 @@ class Access:
         ids = list(ctxs.attached) if not child_id else [child_id]
         ctxs.pending.append((sysc, flags, ids))
 
-    def around(self, ctxs: Contexts, sysc: int, run):
-        """Run a syscall with its scheduled detaches applied (each schedule is used once)."""
+    def around(self, ctxs: Contexts, sysc: int, run, *args):
+        """run(*args), a syscall, with its scheduled detaches applied (each schedule is used
+        once)."""
+        if not ctxs.pending:  # the common case, on every call: nothing scheduled at all
+            return run(*args)
         due = [p for p in ctxs.pending if p[0] == sysc]
         if not due:
-            return run()
+            return run(*args)
         ctxs.pending = [p for p in ctxs.pending if p[0] != sysc]
         back = []
         for _, flags, ids in due:
@@ -194,7 +197,7 @@ class Access:
                     if not flags & TWZ_DETACH_ONENTRY:
                         back.append(oid)  # REATTACH
         try:
-            return run()
+            return run(*args)
         finally:
             for _, flags, ids in due:
                 if flags & TWZ_DETACH_ONEXIT:

@@ -1,8 +1,9 @@
-"""cffi (API mode) build of the runtime as `twzlinux._twzrt`, run by setup.py at install.
+"""cffi (API mode) builds, run by setup.py at install: the runtime as `twzlinux._twzrt`, and
+twzd's seccomp notification calls (notif.c) as `twzlinux._twznotif`.
 
 API mode compiles the runtime together with its Python binding, so rt.h can call the Python C API
 (PyErr_SetInterruptEx) and the static inline `twz_syscall6` of sys.h becomes a direct function.
-`python twzlinux/native/build.py` builds it in place for development.
+`python twzlinux/native/build.py` builds both in place for development.
 """
 
 import pathlib
@@ -87,5 +88,22 @@ ffibuilder.set_source("twzlinux._twzrt", SOURCE, include_dirs=[str(INCLUDE_DIR)]
                       define_macros=[("_CFFI_NO_LIMITED_API", None)], py_limited_api=False,
                       extra_compile_args=["-std=gnu11", "-Wall", "-Werror=implicit-function-declaration"])
 
+NOTIF_C = INCLUDE_DIR.parent / "notif.c"
+notif_builder = FFI()
+notif_builder.cdef("""
+#define TWZ_NOTIF_NONE 0
+#define TWZ_NOTIF_READY 1
+#define TWZ_NOTIF_HUP 2
+int twz_notif_set_sync_wakeup(int fd);
+int twz_notif_recv(int fd, uint64_t out[9]);
+int twz_notif_send(int fd, uint64_t id, uint64_t value);
+int twz_notif_id_valid(int fd, uint64_t id);
+int twz_notif_addfd_send(int fd, uint64_t id, int srcfd);
+""")
+notif_builder.set_source("twzlinux._twznotif", NOTIF_C.read_text(), depends=[str(NOTIF_C)],
+                         extra_compile_args=["-std=gnu11", "-Wall",
+                                             "-Werror=implicit-function-declaration"])
+
 if __name__ == "__main__":
-    ffibuilder.compile(tmpdir=str(INCLUDE_DIR.parent.parent.parent), verbose=True)
+    for builder in (ffibuilder, notif_builder):
+        builder.compile(tmpdir=str(INCLUDE_DIR.parent.parent.parent), verbose=True)
