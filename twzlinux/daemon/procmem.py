@@ -88,3 +88,13 @@ class ProcMemory:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def task_ids(tid: int) -> tuple[int, int] | None:
+    """(Tgid, PPid) of Linux thread `tid` from /proc, or None if it cannot be read (gone)."""
+    try:
+        with open(f"/proc/{tid}/status", "rb") as f:
+            ids = dict(ln.split(b":", 1) for ln in f if ln.startswith((b"Tgid:", b"PPid:")))
+        return int(ids[b"Tgid"]), int(ids[b"PPid"])
+    except (OSError, KeyError, ValueError):
+        return None

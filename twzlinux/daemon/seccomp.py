@@ -15,7 +15,7 @@ import struct
 from twzlinux._twznotif import ffi, lib
 from twzlinux.abi.syscalls import BY_NAME, SYSCALL_BASE
 from twzlinux.daemon import policy
-from twzlinux.daemon.procmem import ProcMemory
+from twzlinux.daemon.procmem import ProcMemory, task_ids
 from twzlinux.daemon.trace import format_call
 from twzlinux.kernel.core import FdResult, SyscallError
 from twzlinux.kernel.gates import Deferred
@@ -39,16 +39,6 @@ _TGIDS_KEPT = 256  # bounds the pidfds a listener holds for callers' thread grou
 
 def _raise_errno(err: int):
     raise OSError(-err, os.strerror(-err))
-
-
-def _status_ids(tid: int) -> tuple[int, int] | None:
-    """(Tgid, PPid) of thread tid from /proc, or None if it cannot be read (gone)."""
-    try:
-        with open(f"/proc/{tid}/status", "rb") as f:
-            ids = dict(ln.split(b":", 1) for ln in f if ln.startswith((b"Tgid:", b"PPid:")))
-        return int(ids[b"Tgid"]), int(ids[b"PPid"])
-    except (OSError, KeyError, ValueError):
-        return None
 
 
 def _alive(pidfd: int) -> bool:
@@ -81,7 +71,7 @@ class _ThreadGroups:
             pidfd = os.pidfd_open(tid, _PIDFD_THREAD)
         except OSError:
             pidfd = None
-        ids = _status_ids(tid)
+        ids = task_ids(tid)
         if pidfd is not None:
             # alive after the read: the tid was not reused in between, the status is its own
             if ids is not None and _alive(pidfd):
@@ -214,7 +204,7 @@ class Listener:
         proc = hosted.get(tgid)
         if proc is not None or tgid == self.proc.pid:
             return proc or self.proc
-        ids = _status_ids(tid)  # read now, never kept: a thread's parent can change
+        ids = task_ids(tid)  # read now, never kept: a thread's parent can change
         return hosted.get(ids[1], self.proc) if ids else self.proc
 
     def _call(self, tid, nr, regs, mem):

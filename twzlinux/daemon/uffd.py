@@ -20,6 +20,7 @@ import signal
 import struct
 
 from twzlinux.abi import constants as c
+from twzlinux.daemon.procmem import task_ids
 from twzlinux.kernel.errors import SyscallError
 
 log = logging.getLogger("twzd.uffd")
@@ -96,11 +97,8 @@ class UffdPort:
 
     def tgid(self, tid: int) -> int:
         """The process of Linux thread `tid` (itself if it is gone: it answers nothing then)."""
-        try:
-            with open(f"/proc/{tid}/status", "rb") as f:
-                return next(int(ln.split()[1]) for ln in f if ln.startswith(b"Tgid:"))
-        except (OSError, StopIteration, ValueError):
-            return tid
+        ids = task_ids(tid)
+        return ids[0] if ids else tid
 
     def adopt(self, proc, fd: int, wfd: int) -> None:
         if proc in self._fds:
