@@ -428,12 +428,29 @@ try:
     print("after deleting: created")
 except libtwz.TwzError as e:
     print("after deleting:", e)
+try:
+    while True:                  # up to the limit again
+        made.append(libtwz.Object.create(persist=True))
+except libtwz.TwzError:
+    pass
+import os
+r, w = os.pipe()
+if os.fork() == 0:               # a fork has a record of its own, but the program's quota
+    try:
+        libtwz.Object.create(persist=True)
+        os.write(w, b"fork: created")
+    except libtwz.TwzError as e:
+        os.write(w, f"fork: {e}".encode())
+    os._exit(0)
+os.close(w)
+print(os.read(r, 200).decode())
 """, tmp_path)
         r = subprocess.run([sys.executable, "-m", "twzlinux.cli.twzrun", flood],
                            env=twz_env(fresh_home), capture_output=True, text=True, timeout=120)
         lines = r.stdout.splitlines()
         assert lines[0].startswith("refused after 300 OCREATE: EDQUOT"), r.stdout + r.stderr
         assert lines[1] == "after deleting: created"
+        assert lines[2].startswith("fork: OCREATE: EDQUOT"), r.stdout + r.stderr
         other = subprocess.run([sys.executable, "-m", "twzlinux.cli.twzrun", _as_program(
             "import libtwz\nprint(len([libtwz.Object.create() for _ in range(50)]))\n",
             tmp_path)], env=twz_env(fresh_home), capture_output=True, text=True, timeout=60)

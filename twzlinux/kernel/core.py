@@ -40,6 +40,9 @@ class Process:
     pid: int | None = None  # set by the daemon once the Linux process exists
     owned: bool = True  # its view and repr are the kernel's, made for it (not a thread host)
     ctx: Contexts = field(default_factory=Contexts)  # attached security contexts (access.py)
+    # The record of the program this process belongs to, if it is not that record itself: a
+    # thread host, a fork or a started program counts against its program's limits (quota.py).
+    program: "Process | None" = None
 
     def env(self) -> dict[str, str]:
         return {"TWZ_VIEW": id_str(self.view_id), "TWZ_THREAD": id_str(self.thread_id),
@@ -127,7 +130,7 @@ class Kernel:
         thread_id in view_id, with the spawner's security contexts (as THRD_SPAWN gives a thread
         its creator's). Its exit ends it (on_host: the daemon watches its pidfd)."""
         proc = Process(view_id, thread_id, self.root_namespace, pid=pid, owned=False,
-                       ctx=spawner.ctx.inherit())
+                       ctx=spawner.ctx.inherit(), program=spawner.program or spawner)
         self.hosted[pid] = proc
         self.on_host(proc)
         return proc

@@ -4,8 +4,9 @@ Every volatile object is a memfd that twzd holds open (a persistent one, an open
 program creating objects without end would run twzd out of file descriptors, and then twzd
 could no longer accept a connection or start a program: everyone's denial of service. A program
 gets TWZ_OBJECT_QUOTA (read by twzd at start; default 4096) live objects of its own making;
-beyond that OCREATE is EDQUOT until it deletes some. The limit is per program (its threads and
-forked children share its kernel record), since programs cannot start other programs.
+beyond that OCREATE is EDQUOT until it deletes some. The limit is per program: its threads share
+its kernel record, and the records of processes it forks or starts count against it
+(Process.program), so that forking does not multiply it.
 """
 
 import os
@@ -25,7 +26,7 @@ class Quota:
         self._made: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     def check(self, proc) -> None:
-        made = self._made.get(proc)
+        made = self._made.get(proc.program or proc)
         if made is None or len(made) < self.limit:
             return
         # prune what has gone since (deleted and freed), then decide
@@ -36,4 +37,4 @@ class Quota:
                                        f"twzd's limit per program (TWZ_OBJECT_QUOTA); delete some")
 
     def charge(self, proc, oid: int) -> None:
-        self._made.setdefault(proc, set()).add(oid)
+        self._made.setdefault(proc.program or proc, set()).add(oid)
