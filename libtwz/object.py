@@ -136,10 +136,15 @@ class Object:
         A temporary that `create` tied to this thread is untied too: whoever deletes it is done
         with it, and otherwise it would live (and count against the program's object quota)
         until the thread exits."""
+        self.untie()
+        tsys.sys_odelete(self.id, c.TWZ_SYS_OD_IMMEDIATE if immediate else 0)
+
+    def untie(self) -> None:
+        """Undo the tie `create` made for a temporary (deleted as it was made): the object goes
+        once nothing else holds it (delete does this too)."""
         if self._thread_tie is not None:
             tsys.sys_otie(self._thread_tie, self.id, c.OTIE_UNTIE)
             self._thread_tie = None
-        tsys.sys_odelete(self.id, c.TWZ_SYS_OD_IMMEDIATE if immediate else 0)
 
     def release(self) -> None:
         """Give up this handle's slot (the object itself is untouched)."""

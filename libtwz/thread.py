@@ -87,6 +87,7 @@ class Thread:
         self._pid = None
         self._pythread = None
         self._code = None
+        self._joined = None  # the code join returned: joining again returns it
 
     def __repr__(self):
         return f"<libtwz.Thread {self.id if self.repr else 'unstarted'} {self.name or ''}>"
@@ -189,9 +190,17 @@ class Thread:
     def join(self, timeout=None) -> int | None:
         """Wait for the thread's end (its EXIT sync point); its exit code, or None on timeout.
         A thread whose process died before it exited reports c.THRD_EXIT_LOST."""
-        from .sync import sleep
         if self.repr is None:
             raise TwzError("the thread has not been started")
+        if self._joined is None:
+            code = self._wait(timeout)
+            if code is None:
+                return None
+            self._done(code)
+        return self._joined
+
+    def _wait(self, timeout) -> int | None:
+        from .sync import sleep
         if self._pythread is not None:
             # A thread of this process ends its Linux thread only after LX_THRD_EXIT has set
             # the EXIT word, so joining the Linux thread waits for the same event, and the
@@ -211,6 +220,16 @@ class Thread:
         if self._pythread is not None:
             self._pythread.join()
         return rt.load64(self.repr.address + _EXIT_CODE)
+
+    def _done(self, code: int) -> None:
+        """Joined: this program is done with the repr. Untied and unmapped, it goes, where it
+        would otherwise stay until the program exits: a program that starts threads all its
+        life would pile them up in twzd and run into its object quota."""
+        self._joined = code
+        with Thread._lock:
+            Thread._by_id.pop(self.repr.id, None)
+        self.repr.untie()
+        self.repr.release()
 
     @classmethod
     def current(cls) -> "Thread":

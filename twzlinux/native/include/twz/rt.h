@@ -226,6 +226,24 @@ static void twz_rt_await_mapping(uint64_t slot)
 		sched_yield();
 }
 
+/* An object ID in the environment, as twzd writes it (Twizzler's IDFMT, "hi:lo"): 0 and *id,
+ * -ENOENT if the variable is not set, -EINVAL if it is no ID. */
+static int twz_rt_env_id(const char *name, objid_t *id)
+{
+	const char *text = getenv(name);
+	if(!text)
+		return -ENOENT;
+	char *end;
+	uint64_t hi = strtoull(text, &end, 16), lo;
+	if(*end != ':')
+		return -EINVAL;
+	lo = strtoull(end + 1, &end, 16);
+	if(*end)
+		return -EINVAL;
+	*id = MKID(hi, lo);
+	return 0;
+}
+
 /* ---- the view -------------------------------------------------------------------------------- */
 
 static inline char *twz_rt_view_base(void)
@@ -997,15 +1015,10 @@ __attribute__((constructor)) static void twz_rt_from_env(void)
 	const char *text = getenv("TWZ_VIEW");
 	if(!text)
 		return;
-	char *end;
-	uint64_t hi = strtoull(text, &end, 16);
-	uint64_t lo = 0;
-	int ok = *end == ':';
-	if(ok) {
-		lo = strtoull(end + 1, &end, 16);
-		ok = *end == '\0';
-	}
-	int r = ok ? twz_rt_init(lo, hi) : -EINVAL;
+	objid_t view;
+	int r = twz_rt_env_id("TWZ_VIEW", &view);
+	if(r == 0)
+		r = twz_rt_init(ID_LO(view), ID_HI(view));
 	if(r == 0)
 		r = twz_thread_adopt_env();
 	if(r < 0) {

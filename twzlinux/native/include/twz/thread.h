@@ -61,8 +61,9 @@ void twz_rt_fork_hosts(int on);
  * (view == 0) or in `view`. The register ABI is Twizzler's: rdi = arg, rsi/rdx = the thread ID. */
 struct twz_thread {
 	objid_t tid;
-	long slot; /* where the repr is mapped in the caller's view */
-	int pid;   /* the hosting child, for another view; 0 otherwise */
+	long slot;     /* where the repr is mapped in the caller's view */
+	int pid;       /* the hosting child, for another view; 0 otherwise */
+	objid_t owner; /* the program's thread the repr is tied to until the join; 0 if none */
 };
 int twz_thread_spawn(struct twz_thread *t, objid_t view, void (*start)(void *), void *arg);
 /* Wait for the thread's EXIT sync point; its exit code. */
@@ -466,18 +467,37 @@ static void *twz_thread_pthread(void *p)
 	return NULL;
 }
 
+/* The join, or a spawn that failed: this program is done with the repr (libtwz's Thread.join
+ * does the same). */
+static void twz_thread_done(struct twz_thread *t)
+{
+	if(t->slot > 0)
+		twz_rt_slot_release(t->slot);
+	if(t->owner)
+		sys_otie(t->owner, t->tid, OTIE_UNTIE);
+}
+
 int twz_thread_spawn(struct twz_thread *t, objid_t view, void (*start)(void *), void *arg)
 {
 	memset(t, 0, sizeof(*t));
 	long r = sys_ocreate(0, 0, MIP_DFL_READ | MIP_DFL_WRITE | MIP_DFL_USE, &t->tid);
-	struct sys_thrd_spawn_args sa = { .target_view = view, .start_func = start, .arg = arg };
-	if(r < 0 || (r = sys_thrd_spawn(t->tid, &sa, 0, NULL)) < 0)
+	if(r < 0)
 		return (int)r;
-	if((t->slot = twz_rt_slot_alloc(ID_LO(t->tid), ID_HI(t->tid), VE_READ | VE_WRITE)) < 0)
-		return (int)t->slot;
+	/* A temporary of this program, as libtwz makes a Thread's repr: tied to the program's
+	 * thread and deleted, so it goes once the join unties it and nothing maps it (or with the
+	 * program), never to pile up in twzd. */
+	if(twz_rt_env_id("TWZ_THREAD", &t->owner) < 0 || sys_otie(t->owner, t->tid, 0) < 0)
+		t->owner = 0;
+	if(t->owner)
+		sys_odelete(t->tid, 0);
+	struct sys_thrd_spawn_args sa = { .target_view = view, .start_func = start, .arg = arg };
+	if((r = sys_thrd_spawn(t->tid, &sa, 0, NULL)) < 0
+	   || (r = t->slot = twz_rt_slot_alloc(ID_LO(t->tid), ID_HI(t->tid), VE_READ | VE_WRITE)) < 0)
+		goto fail;
 	struct twz_thread_start *s = malloc(sizeof(*s));
+	r = -ENOMEM;
 	if(!s)
-		return -ENOMEM;
+		goto fail;
 	*s = (struct twz_thread_start){ .start = start, .arg = arg, .tid = t->tid, .slot = t->slot };
 	if(view) {
 		fflush(NULL);
@@ -485,8 +505,9 @@ int twz_thread_spawn(struct twz_thread *t, objid_t view, void (*start)(void *), 
 		int pid = fork();
 		twz_rt_fork_hosts(0);
 		if(pid < 0) {
+			r = -errno;
 			free(s);
-			return -errno;
+			goto fail;
 		}
 		if(pid == 0) {
 			if(sys_lx_thrd_host(t->tid) < 0 || twz_rt_enter_view(ID_LO(view), ID_HI(view)) < 0)
@@ -506,27 +527,24 @@ int twz_thread_spawn(struct twz_thread *t, objid_t view, void (*start)(void *), 
 	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
 	int e = pthread_create(&pt, &attr, twz_thread_pthread, s);
 	pthread_attr_destroy(&attr);
-	if(e) {
-		free(s);
-		return -e;
-	}
-	return 0;
+	if(!e)
+		return 0;
+	free(s);
+	r = -e;
+fail:
+	twz_thread_done(t);
+	return (int)r;
 }
 
 int twz_thread_adopt_env(void)
 {
-	const char *text = getenv("TWZ_THREAD");
-	char *end;
-	if(!text)
+	objid_t id;
+	int r = twz_rt_env_id("TWZ_THREAD", &id);
+	if(r == -ENOENT)
 		return 0; /* not started by twzd as a Twizzler thread: no repr, gs stays 0 */
-	uint64_t hi = strtoull(text, &end, 16), lo;
-	if(*end != ':')
-		return -EINVAL;
-	lo = strtoull(end + 1, &end, 16);
-	if(*end)
-		return -EINVAL;
 	/* Twizzler's TWZSLOT_THRD, relocated (abi/slots.py); spawned threads get allocated slots. */
-	int r = twz_rt_view_set(SLOT_THRD, lo, hi, VE_READ | VE_WRITE);
+	if(r == 0)
+		r = twz_rt_view_set(SLOT_THRD, ID_LO(id), ID_HI(id), VE_READ | VE_WRITE);
 	return r < 0 ? r : twz_thread_set_repr_slot(SLOT_THRD);
 }
 
@@ -538,7 +556,9 @@ uint64_t twz_thread_join(struct twz_thread *t)
 		twz_thread_sync(THREAD_SYNC_SLEEP, exit_word, 0, NULL);
 	if(t->pid)
 		waitpid(t->pid, NULL, 0);
-	return *(uint64_t *)(repr + THRD_SYNCINFOS + 8 * THRD_SYNC_EXIT);
+	uint64_t code = *(uint64_t *)(repr + THRD_SYNCINFOS + 8 * THRD_SYNC_EXIT);
+	twz_thread_done(t);
+	return code;
 }
 
 /* ---- mutex ---------------------------------------------------------------------------------- */
