@@ -2,13 +2,15 @@
 modules, with the syscall stubs putting arguments in the registers twzd reads."""
 
 import subprocess
+from pathlib import Path
 
 import pytest
 
 from twzlinux.abi import cheader, constants, slots, structs, syscalls
 from twzlinux.native import INCLUDE_DIR
 
-CFLAGS = ["-Wall", "-Wextra", "-Werror", "-std=c11", f"-I{INCLUDE_DIR}"]
+CFLAGS = ["-Wall", "-Wextra", "-Werror", "-std=c11", f"-I{INCLUDE_DIR}",
+          f"-I{Path(__file__).resolve().parent / 'native'}"]
 
 
 def build_and_run(tmp_path, source: str, *flags) -> str:
@@ -73,15 +75,10 @@ def test_every_number_matches_the_abi_modules(tmp_path):
 # prints the registers the kernel saw: exactly what twzd reads from a user notification.
 TRAP_PROGRAM = r"""
 #define _GNU_SOURCE
-#include <linux/filter.h>
-#include <linux/seccomp.h>
-#include <signal.h>
 #include <stdio.h>
-#include <string.h>
-#include <sys/prctl.h>
 #include <ucontext.h>
-#include <unistd.h>
 #include <twz/sys.h>
+#include "trap.h"
 
 static void on_sys(int sig, siginfo_t *si, void *ctx)
 {
@@ -95,21 +92,8 @@ static void on_sys(int sig, siginfo_t *si, void *ctx)
 
 int main(void)
 {
-	struct sock_filter f[] = {
-		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, 0),
-		BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, TWZ_SYSCALL_BASE, 0, 1),
-		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_TRAP),
-		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-	};
-	struct sock_fprog prog = { .len = sizeof(f) / sizeof(f[0]), .filter = f };
-	struct sigaction sa;
-	memset(&sa, 0, sizeof(sa));
-	sa.sa_sigaction = on_sys;
-	sa.sa_flags = SA_SIGINFO;
-	sigaction(SIGSYS, &sa, NULL);
 	setvbuf(stdout, NULL, _IONBF, 0);
-	if(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog))
-		return 2;
+	trap_twizzler_syscalls(on_sys);
 	objid_t a = MKID(0x1111222233334444ull, 0x5555666677778888ull);
 	objid_t b = MKID(0x99990000aaaabbbbull, 0xccccddddeeeeffffull);
 	long r = sys_ocreate(a, b, 0x1234, (objid_t *)0x7000);

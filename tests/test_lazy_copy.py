@@ -131,27 +131,34 @@ print(json.dumps({"copy_page0": bytes(d[0x1000:0x1004]).hex(),
 """
 
 
-def test_writes_stay_on_their_side_across_processes(daemon, tmp_path):
-    (tmp_path / "a.py").write_text(A)
-    (tmp_path / "b.py").write_text(B)
+def beside(daemon, tmp_path, first: str, second: str, *keys):
+    """Run `first`, which prints a JSON object and waits for a line; meanwhile run `second` with
+    that object's `keys` as arguments; then let `first` finish. (first's second JSON line,
+    second's JSON output.)"""
+    (tmp_path / "first.py").write_text(first)
+    (tmp_path / "second.py").write_text(second)
     twzrun = [sys.executable, "-m", "twzlinux.cli.twzrun"]
     env = twz_env(daemon)
-    a = subprocess.Popen(twzrun + [str(tmp_path / "a.py")], env=env, text=True,
+    a = subprocess.Popen(twzrun + [str(tmp_path / "first.py")], env=env, text=True,
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         ids = json.loads(a.stdout.readline() or "null") or {}
         assert ids, a.stderr.read()
-        b = subprocess.run(twzrun + [str(tmp_path / "b.py"), ids["src"], ids["copy"]], env=env,
-                           text=True, capture_output=True, timeout=60)
+        b = subprocess.run(twzrun + [str(tmp_path / "second.py"), *(ids[k] for k in keys)],
+                           env=env, text=True, capture_output=True, timeout=60)
         assert b.returncode == 0, b.stderr
-        seen_b = json.loads(b.stdout)
         a.stdin.write("go\n")
         a.stdin.flush()
-        seen_a = json.loads(a.stdout.readline() or "null")
+        res = json.loads(a.stdout.readline() or "null")
         assert a.wait(timeout=60) == 0, a.stderr.read()
     finally:
         a.kill()
         a.wait()
+    return res, json.loads(b.stdout)
+
+
+def test_writes_stay_on_their_side_across_processes(daemon, tmp_path):
+    seen_a, seen_b = beside(daemon, tmp_path, A, B, "src", "copy")
     page = [i.to_bytes(4, "little").hex() for i in range(4)]
     assert seen_b == {"copy_page0": page[0], "src_page1": page[1]}
     assert seen_a == {"copy_page0": page[0], "src_page1": page[1], "copy_page2": page[2],
@@ -380,26 +387,8 @@ print(json.dumps({"b": tsys.sys_lx_flush(int(o.id))}))
 def test_flush_writes_only_the_pages_written_in_any_process(daemon, tmp_path):
     """WP_ASYNC + PAGEMAP_SCAN (kernel/dirty.py): after the first flush arms tracking, a flush
     counts exactly the pages written since, by this process or another mapping the object."""
-    (tmp_path / "a.py").write_text(FLUSH_A)
-    (tmp_path / "b.py").write_text(FLUSH_B)
-    twzrun = [sys.executable, "-m", "twzlinux.cli.twzrun"]
-    env = twz_env(daemon)
-    a = subprocess.Popen(twzrun + [str(tmp_path / "a.py")], env=env, text=True,
-                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        ids = json.loads(a.stdout.readline() or "null") or {}
-        assert ids, a.stderr.read()
-        b = subprocess.run(twzrun + [str(tmp_path / "b.py"), ids["id"]], env=env, text=True,
-                           capture_output=True, timeout=60)
-        assert b.returncode == 0, b.stderr
-        a.stdin.write("go\n")
-        a.stdin.flush()
-        res = json.loads(a.stdout.readline() or "null")
-        assert a.wait(timeout=60) == 0, a.stderr.read()
-    finally:
-        a.kill()
-        a.wait()
-    assert json.loads(b.stdout) == {"b": 2}
+    res, b = beside(daemon, tmp_path, FLUSH_A, FLUSH_B, "id")
+    assert b == {"b": 2}
     assert res == {"first": c.OBJ_MAXSIZE // c.PAGE_SIZE, "three": 3, "none": 0, "after_b": 1}
 
 

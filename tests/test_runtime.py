@@ -23,7 +23,8 @@ from twzlinux.abi import slots
 from twzlinux.native import INCLUDE_DIR
 
 REPO = Path(__file__).resolve().parents[1]
-CFLAGS = ["-Wall", "-Wextra", "-Werror", "-std=c11", "-O2", f"-I{INCLUDE_DIR}"]
+CFLAGS = ["-Wall", "-Wextra", "-Werror", "-std=c11", "-O2", f"-I{INCLUDE_DIR}",
+          f"-I{REPO / 'tests' / 'native'}"]
 
 
 def run_python(code: str, prelude=False) -> subprocess.CompletedProcess:
@@ -246,10 +247,7 @@ def test_view_slot_allocator_over_a_view_object():
 HARNESS = r"""
 #define TWZ_RT_IMPLEMENTATION
 #include <twz/rt.h>
-
-#include <linux/filter.h>
-#include <linux/seccomp.h>
-#include <sys/prctl.h>
+#include "trap.h"
 
 struct fake {
 	objid_t id;
@@ -307,24 +305,6 @@ static void on_sys(int sig, siginfo_t *si, void *ctx)
 	g[REG_RAX] = r;
 }
 
-static void trap_twizzler_syscalls(void)
-{
-	struct sock_filter f[] = {
-		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, 0),
-		BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, TWZ_SYSCALL_BASE, 0, 1),
-		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_TRAP),
-		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-	};
-	struct sock_fprog prog = { .len = sizeof(f) / sizeof(f[0]), .filter = f };
-	struct sigaction sa;
-	memset(&sa, 0, sizeof(sa));
-	sa.sa_sigaction = on_sys;
-	sa.sa_flags = SA_SIGINFO;
-	sigaction(SIGSYS, &sa, NULL);
-	if(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog))
-		_exit(2);
-}
-
 static char *at(long slot, uint64_t off)
 {
 	return (char *)(uintptr_t)(((uint64_t)slot << 30) + off);
@@ -340,7 +320,7 @@ static void guarded_write(const char *what, long slot)
 int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IONBF, 0);
-	trap_twizzler_syscalls();
+	trap_twizzler_syscalls(on_sys);
 	objid_t view = mkobj(1, 1, 0, MIP_DFL_READ | MIP_DFL_WRITE);
 	objid_t a = mkobj(2, 1, 0, MIP_DFL_READ | MIP_DFL_WRITE);
 	objid_t ro = mkobj(3, 0, 0, MIP_DFL_READ);
