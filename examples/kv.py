@@ -21,7 +21,8 @@ against the machine's death would add a persist.flush per put, as kvdr would add
 
 One writer at a time, as in kvdr; readers in other processes see each put once it is published.
 
-    twzrun examples/kv.py NAME put KEY VALUE | get KEY | fill N [SEED] [--ack] | check N [SEED]
+    twzrun examples/kv.py NAME new CAPACITY | put KEY VALUE | get KEY
+                               | fill N [SEED] [--ack] | check N [SEED]
 """
 
 import random
@@ -168,7 +169,7 @@ def keys(n: int, seed: int = 1) -> list[int]:
     return list(out)
 
 
-ARITY = {"put": (2, 2), "get": (1, 1), "fill": (1, 2), "check": (1, 2)}
+ARITY = {"new": (1, 1), "put": (2, 2), "get": (1, 1), "fill": (1, 2), "check": (1, 2)}
 
 
 def main(argv: list[str]) -> int:
@@ -209,7 +210,13 @@ def run(name: str, cmd: str, args: list[int], ack: bool) -> int:
             if ack:
                 print(k, flush=True)
         return 0
-    kv = KV.open(name)
+    if cmd == "new":
+        KV.create(name, args[0])
+        return 0
+    try:
+        kv = KV.open(name)
+    except libtwz.TwzError as e:
+        raise libtwz.TwzError(f"{e}; make the store first: {name} new CAPACITY") from None
     if cmd == "put":
         kv.put(args[0], args[1])
         return 0

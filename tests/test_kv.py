@@ -99,6 +99,12 @@ print(all(store.get(k) == k + 1 for k in ks[:16]), wrapped > 8, store.get(ks[17]
 def test_bad_input_and_a_corrupt_index_get_clear_errors(twzrun):
     name = f"/kv/{uuid.uuid4().hex}"
     assert twzrun(KV, name, "fill", 100).returncode == 0
+    fresh = f"/kv/{uuid.uuid4().hex}"
+    r = twzrun(KV, fresh, "put", 1, 2)
+    assert r.returncode == 1 and f"make the store first: {fresh} new CAPACITY" in r.stderr
+    assert twzrun(KV, fresh, "new", 10).returncode == 0
+    assert twzrun(KV, fresh, "put", 1, 2).returncode == 0
+    assert twzrun(KV, fresh, "get", 1).stdout.strip() == "2"
     for args, code, says in [(("put", -1, 5), 1, "64-bit unsigned"),
                              (("put", 5), 2, "put takes 2 numbers"),
                              (("get", "x"), 2, "invalid literal"),
