@@ -16,6 +16,7 @@ import os
 import struct
 import sys
 import threading
+import time
 import traceback
 
 from twzlinux.abi import constants as c
@@ -32,6 +33,7 @@ _EXIT_WORD = c.OBJ_NULLPAGE_SIZE + st.THRD_SYNCS + 8 * st.THRD_SYNC_EXIT
 _EXIT_CODE = c.OBJ_NULLPAGE_SIZE + st.THRD_SYNCINFOS + 8 * st.THRD_SYNC_EXIT
 _RW = c.FE_READ | c.FE_WRITE
 _U64 = (1 << 64) - 1
+_HOST_CHECK = 0.05  # s between looks at a host process while joining its thread
 _VIEW_FLAGS = (c.MIP_DFL_READ | c.MIP_DFL_WRITE | c.MIP_DFL_USE) | c.KSO_VIEW << c.OC_KSO_SHIFT
 
 
@@ -211,9 +213,19 @@ class Thread:
             if self._code is not None:
                 return self._code
         word = self.repr.address + _EXIT_WORD
+        deadline = None if timeout is None else time.monotonic() + timeout
         while not rt.load64(word):
-            if not sleep(self.repr, _EXIT_WORD, 0, timeout) and not rt.load64(word):
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
                 return None
+            # A host that died before twzd knew it (before LX_THRD_HOST) leaves the word
+            # unset for ever: look at it between sleeps, as a waitpid would.
+            step = left if self._pid is None else min(_HOST_CHECK, left or _HOST_CHECK)
+            sleep(self.repr, _EXIT_WORD, 0, step)
+            if (self._pid is not None and not rt.load64(word)
+                    and os.waitpid(self._pid, os.WNOHANG)[0]):
+                self._pid = None
+                return c.THRD_EXIT_LOST
         if self._pid is not None:
             os.waitpid(self._pid, 0)
             self._pid = None

@@ -135,6 +135,48 @@ def test_a_thread_of_this_process_is_joined_without_mapping_its_repr(daemon, tmp
                      "NULL"], run.stderr
 
 
+def test_a_host_that_dies_before_registering_is_a_lost_thread_not_a_hang(twzrun,
+                                                                         build_native):
+    # twzd learns of a host only at LX_THRD_HOST; one that dies before it never sets the EXIT
+    # word, so the joiner watches the host process itself.
+    proc = twzrun("""
+        import os
+        from libtwz import Thread, View
+        from twzlinux.abi import constants as c
+        class DiesAtOnce(Thread):
+            def _run_forked(self):
+                os._exit(3)
+        t = DiesAtOnce(lambda: 0, view=View.clone())
+        t.start()
+        print(t.join(timeout=30) == c.THRD_EXIT_LOST)
+        """, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "True", proc.stdout
+    exe = build_native(r"""
+        #define TWZ_RT_IMPLEMENTATION
+        #include <twz/rt.h>
+        #include <signal.h>
+        #include <stdio.h>
+        #include <stdlib.h>
+        static void work(void *arg) { (void)arg; pause(); }
+        int main(void) {
+            objid_t view, cur;
+            if(twz_rt_env_id("TWZ_VIEW", &cur) < 0
+               || sys_ocreate(0, cur, MIP_DFL_READ | MIP_DFL_WRITE | (KSO_VIEW << OC_KSO_SHIFT), &view) < 0)
+                return 2;
+            struct twz_thread t;
+            if(twz_thread_spawn(&t, view, work, NULL) < 0)
+                return 3;
+            kill(t.pid, SIGKILL);     /* before or after it registered: lost either way */
+            printf("%d\n", twz_thread_join(&t) == THRD_EXIT_LOST);
+            return 0;
+        }
+        """, name="lost", flags=("-lpthread",))
+    native = twzrun(str(exe), timeout=60)
+    assert native.returncode == 0, native.stderr
+    assert native.stdout.strip() == "1"
+
+
 def test_twz_ps_lists_live_threads_with_views_and_names(daemon, tmp_path):
     prog = tmp_path / "ps.py"
     prog.write_text(textwrap.dedent("""

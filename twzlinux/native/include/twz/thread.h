@@ -552,11 +552,22 @@ uint64_t twz_thread_join(struct twz_thread *t)
 {
 	char *repr = twz_rt_slot_base((uint64_t)t->slot) + OBJ_NULLPAGE_SIZE;
 	uint64_t *exit_word = (uint64_t *)(repr + THRD_SYNCS + 8 * THRD_SYNC_EXIT);
-	while(!__atomic_load_n(exit_word, __ATOMIC_ACQUIRE))
-		twz_thread_sync(THREAD_SYNC_SLEEP, exit_word, 0, NULL);
+	/* A host that died before twzd knew it (before LX_THRD_HOST) leaves the word unset for
+	 * ever: look at it between sleeps. */
+	const struct timespec check = { .tv_sec = 0, .tv_nsec = 50 * 1000 * 1000 };
+	uint64_t code = THRD_EXIT_LOST;
+	while(!__atomic_load_n(exit_word, __ATOMIC_ACQUIRE)) {
+		twz_thread_sync(THREAD_SYNC_SLEEP, exit_word, 0, t->pid ? &check : NULL);
+		if(t->pid && !__atomic_load_n(exit_word, __ATOMIC_ACQUIRE)
+		   && waitpid(t->pid, NULL, WNOHANG) == t->pid) {
+			t->pid = 0;
+			goto done;
+		}
+	}
 	if(t->pid)
 		waitpid(t->pid, NULL, 0);
-	uint64_t code = *(uint64_t *)(repr + THRD_SYNCINFOS + 8 * THRD_SYNC_EXIT);
+	code = *(uint64_t *)(repr + THRD_SYNCINFOS + 8 * THRD_SYNC_EXIT);
+done:
 	twz_thread_done(t);
 	return code;
 }
