@@ -22,18 +22,16 @@ long twz_rt_become(struct sys_become_args *args);
 #if defined(TWZ_BECOME_IMPLEMENTATION) && !defined(TWZ_BECOME_IMPLEMENTED)
 #define TWZ_BECOME_IMPLEMENTED
 
-/* Map view `id` at SLOT_CVIEW in place of the current one and forget every other slot. */
+/* Map view `id` at SLOT_CVIEW in place of the current one and forget every other slot. The
+ * view's fd is got first: refused, the address space stays as it was. */
 static long twz_rt_switch_view(objid_t id)
 {
 	long fd = sys_lx_objfd(id, VE_READ | VE_WRITE);
 	if(fd < 0)
 		return fd;
-	for(uint64_t slot = WINDOW_START; slot < WINDOW_END; slot++) {
-		if(slot != SLOT_CVIEW && __atomic_load_n(twz_rt_state(slot), __ATOMIC_ACQUIRE))
-			twz_rt_unmap_local(slot);
-	}
-	twz_rt.view_mapped = 0; /* map_view's "already mapped" check; other threads must not fault */
-	int r = twz_rt_map_view((int)fd, id);
+	int r = twz_rt_drop_mappings();
+	if(r == 0)
+		r = twz_rt_map_view((int)fd, id);
 	close((int)fd);
 	return r;
 }

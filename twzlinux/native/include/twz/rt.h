@@ -226,6 +226,21 @@ static void twz_rt_await_mapping(uint64_t slot)
 		sched_yield();
 }
 
+/* Put the bare reservation back over the whole window: every object this process mapped, the
+ * view included, maps again from the view on its next touch. For a process whose address space
+ * changes meaning: a fork (its own traps), a thread host or BECOME (another view). Other threads
+ * must not touch the window meanwhile. */
+static int twz_rt_drop_mappings(void)
+{
+	if(mmap(twz_rt_slot_base(WINDOW_START), TWZ_RT_WINDOW_BYTES, PROT_NONE,
+	     TWZ_RT_RESERVE_FLAGS | MAP_FIXED, -1, 0)
+	   == MAP_FAILED)
+		return -errno;
+	memset(twz_rt.slot_state, 0, sizeof(twz_rt.slot_state));
+	twz_rt.view_mapped = 0;
+	return 0;
+}
+
 /* An object ID in the environment, as twzd writes it (Twizzler's IDFMT, "hi:lo"): 0 and *id,
  * -ENOENT if the variable is not set, -EINVAL if it is no ID. */
 static int twz_rt_env_id(const char *name, objid_t *id)
@@ -285,9 +300,7 @@ static int twz_rt_map_view(int fd, objid_t id)
 		return r;
 	if(twz_rt.view_mapped)
 		return twz_rt.view_id == id ? 0 : -EBUSY;
-	/* Mapped already when BECOME replaces the view (twz/become.h) */
-	uint8_t state = __atomic_load_n(twz_rt_state(SLOT_CVIEW), __ATOMIC_ACQUIRE);
-	if(state == TWZ_RT_SLOT_MAPPING || !twz_rt_claim(SLOT_CVIEW, state))
+	if(!twz_rt_claim(SLOT_CVIEW, 0))
 		return -EBUSY;
 	r = twz_rt_map_fd(SLOT_CVIEW, fd, 0, id);
 	if(r < 0)

@@ -420,13 +420,8 @@ int twz_rt_enter_view(uint64_t view_lo, uint64_t view_hi)
 {
 	twz_rt.uffd_given = 0;
 	twz_rt_uffd_handover();
-	if(mmap(twz_rt_slot_base(WINDOW_START), TWZ_RT_WINDOW_BYTES, PROT_NONE,
-	     TWZ_RT_RESERVE_FLAGS | MAP_FIXED, -1, 0)
-	   == MAP_FAILED)
-		return -errno;
-	memset(twz_rt.slot_state, 0, sizeof(twz_rt.slot_state));
-	twz_rt.view_mapped = 0;
-	return twz_rt_init(view_lo, view_hi);
+	int r = twz_rt_drop_mappings();
+	return r < 0 ? r : twz_rt_init(view_lo, view_hi);
 }
 
 /* pthread_atfork's child handler. Without it a plain fork's child would read a lazy copy's owed
