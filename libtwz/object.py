@@ -221,8 +221,9 @@ class Object:
         ptr = _load_u64(self._mv, offset)[0]
         if ptr < _MAXSIZE:
             return (self, ptr) if ptr else None
-        target = self._fot_cache.get(ptr >> 30)
-        if target is None:
+        try:
+            return self._fot_cache[ptr >> 30], ptr & _LOCAL_MASK
+        except KeyError:
             # FAULT_PPTR goes to its handler; one that returns (a fixed FOT) gets a retry
             target = self._fot_cache[ptr >> 30] = _faults.retrying(self._resolve, ptr >> 30, ptr)
         return target, ptr & _LOCAL_MASK
