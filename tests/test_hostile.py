@@ -8,12 +8,14 @@ READ capability on X; the others hold capabilities spoiled in one way each.
 """
 
 import base64
+import errno
 import os
 import signal
 import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -408,6 +410,34 @@ print("made", len(objs))
     assert r.stdout.strip() == "made 1500", r.stderr
     assert_x_intact(world, run)
     assert run("print('alive')").stdout.strip() == "alive"
+
+
+def test_records_of_their_own_only_for_live_processes(world, run):
+    # LX_FORKED and LX_THRD_HOST give the caller a record of its own: a thread of the program
+    # claiming either gets none (twzd would keep it for ever, and its calls would leave the
+    # program's record), twzd sees no bug in it, and the program goes on as before.
+    log = Path(world["home"]) / "twzd.log"
+    bugs = log.read_text().count("kernel bug")
+    r = run("""
+import threading, libtwz
+from libtwz import sys as tsys
+out = []
+def claim():
+    for call in (tsys.sys_lx_forked, lambda: tsys.sys_lx_thrd_host(1 << 64)):
+        try:
+            call()
+            out.append("accepted")
+        except libtwz.TwzError as e:
+            out.append(e.errno)
+t = threading.Thread(target=claim)
+t.start(); t.join()
+o = libtwz.Object.create()
+o.write(0x1000, b"ok")
+print(out, o.read(0x1000, 2).decode())
+""")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"[{errno.EINVAL}, {errno.ESRCH}] ok", r.stdout
+    assert log.read_text().count("kernel bug") == bugs
 
 
 def test_an_object_flood_is_refused_at_the_programs_quota(fresh_home, tmp_path):

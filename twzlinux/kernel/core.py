@@ -131,8 +131,12 @@ class Kernel:
         its creator's). Its exit ends it (on_host: the daemon watches its pidfd)."""
         proc = Process(view_id, thread_id, self.root_namespace, pid=pid, owned=False,
                        ctx=spawner.ctx.inherit(), program=spawner.program or spawner)
+        try:
+            self.on_host(proc)  # first: a process that is gone, or a thread, gets no record
+        except OSError as e:
+            raise SyscallError(errno.ESRCH if e.errno == errno.ESRCH else errno.EINVAL,
+                               f"{pid} is no live process: {e.strerror}") from None
         self.hosted[pid] = proc
-        self.on_host(proc)
         return proc
 
     def process_exit(self, proc: Process) -> None:
