@@ -545,3 +545,24 @@ second = json.loads(subprocess.run([sys.executable, {str(child)!r}, str(cp.id)],
 print(json.dumps({{"first": first, "second": second}}))
 """)
     assert out == {"first": {"seen": 8}, "second": {"seen": 8}}
+
+
+def test_a_second_lx_uffd_without_exec_leaves_every_copy_exact(twzrun):
+    # LX_UFFD says "my mm is new": twzd forgets the caller's mappings and traps. A program that
+    # says so without exec'ing keeps its mappings, untrapped, so twzd settles what they involve
+    # first: the source it goes on writing can no longer reach the copy.
+    out = run_json(twzrun, WRITE_100MIB + """
+import ctypes, json, os
+from libtwz import sys as tsys
+src = libtwz.Object.create()
+fill(src, 4)
+cp = libtwz.Object.create(src=src.id)
+libc = ctypes.CDLL(None, use_errno=True)
+fd = libc.syscall(323, os.O_CLOEXEC | os.O_NONBLOCK)       # userfaultfd
+tsys.sys_lx_uffd(fd, -1)
+os.close(fd)
+src.view()[0x1000 + 2 * MIB:0x1004 + 2 * MIB] = b"LATE"
+print(json.dumps({"copy": bytes(cp.view()[0x1000 + 2 * MIB:0x1004 + 2 * MIB]).hex(),
+                  "src": bytes(src.view()[0x1000 + 2 * MIB:0x1004 + 2 * MIB]).decode()}))
+""")
+    assert out == {"copy": (2).to_bytes(4, "little").hex(), "src": "LATE"}

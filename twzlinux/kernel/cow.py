@@ -404,6 +404,15 @@ class LazyCopies:
                     for lo, hi in obj.backing.raw.page_extents(soff, stop - start):
                         self._protect(proc, base, lo, hi - lo)
 
+    def new_mm(self, proc) -> None:
+        """proc's process says its mm is new (it exec'd): what it mapped is forgotten. One that
+        did not exec keeps those mappings, untrapped from now on, so everything it maps or was
+        given that a lazy copy involves is settled first: no copy can tell, whoever owns it."""
+        for oid in {*self._slots.get(proc, {}).values(), *self._opening.get(proc, ())}:
+            if self.involved(oid):
+                self.settle_all(oid)
+        self.process_exit(proc)
+
     def process_exit(self, proc) -> None:
         self._slots.pop(proc, None)
         self._trapped.pop(proc, None)

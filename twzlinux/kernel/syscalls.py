@@ -348,8 +348,8 @@ def sys_lx_uffd(k, proc: "Process", mem, fd, wfd):
     if pid != proc.pid:
         proc = k.host_process(proc.view_id, proc.thread_id, pid, proc)
     elif port.can_trap(proc):
+        k.objects.lazy.new_mm(proc)
         k.objects.unmap_all(proc)
-        k.objects.lazy.process_exit(proc)
     port.adopt(proc, fd, wfd)
     return 0
 
