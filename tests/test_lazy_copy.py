@@ -566,3 +566,47 @@ print(json.dumps({"copy": bytes(cp.view()[0x1000 + 2 * MIB:0x1004 + 2 * MIB]).he
                   "src": bytes(src.view()[0x1000 + 2 * MIB:0x1004 + 2 * MIB]).decode()}))
 """)
     assert out == {"copy": (2).to_bytes(4, "little").hex(), "src": "LATE"}
+
+
+FORK_C = r"""
+#define TWZ_RT_IMPLEMENTATION
+#include <twz/rt.h>
+#include <stdio.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define PAGES 8
+static char *page(long slot, int p) { return (char *)(slot << 30) + 0x1000 + 4096 * p; }
+
+int main(void)
+{
+	objid_t src, copy;
+	if(sys_ocreate(0, 0, MIP_DFL_READ | MIP_DFL_WRITE, &src))
+		return 2;
+	long s = twz_rt_slot_alloc(ID_LO(src), ID_HI(src), VE_READ | VE_WRITE);
+	for(int p = 0; p < PAGES; p++)
+		*page(s, p) = (char)(p + 1);
+	if(sys_ocreate(0, src, MIP_DFL_READ | MIP_DFL_WRITE, &copy))
+		return 3;
+	long c = twz_rt_slot_alloc(ID_LO(copy), ID_HI(copy), VE_READ);
+	int pid = fork();
+	if(pid == 0) {  /* the child reads the copy, then writes the source */
+		int seen = 0;
+		for(int p = 0; p < PAGES; p++)
+			seen += *page(c, p) == (char)(p + 1);
+		*page(s, 3) = 'X';
+		_exit(seen);
+	}
+	int status;
+	waitpid(pid, &status, 0);
+	printf("%d %d %c\n", WEXITSTATUS(status), *page(c, 3), *page(s, 3));
+	return 0;
+}
+"""
+
+
+def test_a_native_fork_child_sees_a_lazy_copy_whole(build_native, twzrun):
+    exe = build_native(FORK_C, "fork")
+    proc = twzrun(str(exe), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["8", "4", "X"]
