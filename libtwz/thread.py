@@ -77,6 +77,18 @@ class View:
         return View(oid)
 
 
+def _after_fork_in_child() -> None:
+    """A plain fork's child runs in its own copy of the view (LX_FORKED), whose ID the runtime
+    put in the C environment: Python's os.environ is a copy made at start-up."""
+    text = rt.lib.getenv(b"TWZ_VIEW")
+    if text != rt.ffi.NULL:
+        os.environ["TWZ_VIEW"] = rt.ffi.string(text).decode()
+    View._current = None
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class Thread:
     """A Twizzler thread running `target(*args)` in `view` (default: the caller's)."""
 

@@ -423,7 +423,7 @@ import threading, libtwz
 from libtwz import sys as tsys
 out = []
 def claim():
-    for call in (tsys.sys_lx_forked, lambda: tsys.sys_lx_thrd_host(1 << 64)):
+    for call in (lambda: tsys.sys_lx_forked(0), lambda: tsys.sys_lx_thrd_host(1 << 64)):
         try:
             call()
             out.append("accepted")

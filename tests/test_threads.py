@@ -177,6 +177,32 @@ def test_a_host_that_dies_before_registering_is_a_lost_thread_not_a_hang(twzrun,
     assert native.stdout.strip() == "1"
 
 
+def test_a_forked_child_has_its_own_copy_of_the_view(twzrun):
+    # Its slot allocations and releases are its own: releasing a handle it inherited (one its
+    # parent has not touched yet) must not clear the parent's entry, and View.current says
+    # which view it runs in.
+    proc = twzrun("""
+        import os, libtwz
+        from libtwz import View
+        a = libtwz.Object.create()
+        mine = View.current().id
+        r, w = os.pipe()
+        if os.fork() == 0:
+            a.release()
+            other = libtwz.Object.create()
+            other.write(0x1000, b"child")
+            os.write(w, f"{View.current().id != mine} {os.environ['TWZ_VIEW'] == str(View.current().id)}".encode())
+            os._exit(0)
+        os.close(w)
+        child = os.read(r, 100).decode()
+        os.wait()
+        a.write(0x1000, b"parent")
+        print(child, a.read(0x1000, 6).decode())
+        """, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "True True parent"
+
+
 def test_twz_ps_lists_live_threads_with_views_and_names(daemon, tmp_path):
     prog = tmp_path / "ps.py"
     prog.write_text(textwrap.dedent("""
@@ -337,7 +363,7 @@ def test_kernel_thrd_spawn_checks_and_exit(tmp_path):
             _call(k, proc, mem, "LX_THRD_HOST", other.id, tid=100)
         assert _call(k, proc, mem, "LX_THRD_HOST", other.id, tid=101) == 0
         host = k.hosted[101]
-        assert (host.view_id, host.thread_id, host.owned) == (view2.id, other.id, False)
+        assert (host.view_id, host.thread_id, host.owned) == (view2.id, other.id, ())
         k.process_exit(host)
         assert repr_obj.backing.pread(exit_word + 1024, 8) == (7).to_bytes(8, "little")
         assert other.backing.pread(exit_word + 1024, 8) == c.THRD_EXIT_LOST.to_bytes(8, "little")

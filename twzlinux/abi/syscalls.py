@@ -154,12 +154,13 @@ TABLE = (
             doc="Tell twzd that object `id` (opened with LX_OBJFD) is now mapped at slot "
                 "`base`, so that it can trap that mapping's missing pages and writes while the "
                 "object takes part in a lazy copy."),
-    Syscall(LX_BASE + 0x23, "LX_FORKED", (), personality=True,
+    Syscall(LX_BASE + 0x23, "LX_FORKED", (_ptr("view", "objid_t *"),), personality=True,
             doc="Called by the child of a Linux fork (not THRD_SPAWN), before it touches any "
-                "object: twzd gives the child a record of its own, with the parent's view, "
-                "thread and security contexts, so that it can trap the child's mappings "
-                "(docs/userfaultfd.md). The runtime then hands over the child's userfaultfds "
-                "and maps its objects afresh."),
+                "object: twzd gives the child a record of its own, with the parent's thread and "
+                "security contexts and a copy of its view (lazy, as twz_view_clone makes; its ID "
+                "into *view), so that it can trap the child's mappings (docs/userfaultfd.md) "
+                "and the child's slots are its own. The runtime then hands over the child's "
+                "userfaultfds and maps its objects afresh, through that view."),
     Syscall(LX_BASE + 0x22, "LX_FLUSH", (_id("id"),), returns="count", personality=True,
             doc="Write persistent object `id`'s changed pages to disk; returns how many pages "
                 "were written, counted by twzd's write tracking (docs/userfaultfd.md)."),

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from twzlinux.abi import constants as c
+from twzlinux.abi import structs as st
 from twzlinux.abi.namespace import namespace_bytes
 from twzlinux.abi.structs import id_str
 from twzlinux.abi.syscalls import JOINERS, TABLE
@@ -18,7 +19,7 @@ from . import gates  # LX_GATE
 from .access import Access, Contexts
 from .dirty import DirtyPages
 from .errors import FdResult, MemoryAccess, SyscallError
-from .objects import ObjectTable
+from .objects import Obj, ObjectTable
 from .quota import Quota
 from .store import Store
 from .syscalls import HANDLERS
@@ -38,7 +39,7 @@ class Process:
     thread_id: int
     root_namespace: int
     pid: int | None = None  # set by the daemon once the Linux process exists
-    owned: bool = True  # its view and repr are the kernel's, made for it (not a thread host)
+    owned: tuple[int, ...] = ()  # objects the kernel made for it alone, freed with it
     ctx: Contexts = field(default_factory=Contexts)  # attached security contexts (access.py)
     # The record of the program this process belongs to, if it is not that record itself: a
     # thread host, a fork or a started program counts against its program's limits (quota.py).
@@ -119,17 +120,28 @@ class Kernel:
         kso.set_name(view, "view")
         thread = self.objects.create(0, _kso_flags(c.KSO_THREAD, _KSO_FLAGS), kernel=True)
         kso.set_name(thread, "thread")
-        proc = Process(view.id, thread.id, self.root_namespace)
+        proc = Process(view.id, thread.id, self.root_namespace, owned=(thread.id, view.id))
         for ctx in sctxs:
             self.access.attach(proc.ctx, ctx)
         self.threads.add(thread, view.id, proc, proc)
         return proc
 
+    def clone_view(self, view_id: int) -> Obj:
+        """A copy of view `view_id` (lazy where it can be, as twz_view_clone makes one) with its
+        slot allocator's lock free: the copy may have caught it held by one of the source's
+        threads, which go on in the source, not in the copy."""
+        src = self.objects.lookup(view_id, hidden=True)
+        if src is None or src.kso_type != c.KSO_VIEW:
+            raise SyscallError(errno.ENOENT, f"no view {id_str(view_id)}")
+        view = self.objects.create(0, _kso_flags(c.KSO_VIEW, _KSO_FLAGS), src, kernel=True)
+        view.backing.pwrite(c.OBJ_NULLPAGE_SIZE + st.VIEW_LOCK, bytes(8))
+        return view
+
     def host_process(self, view_id: int, thread_id: int, pid: int, spawner: Process) -> Process:
         """Process `pid`, forked (or started) by `spawner`, gets a record of its own: it runs
         thread_id in view_id, with the spawner's security contexts (as THRD_SPAWN gives a thread
         its creator's). Its exit ends it (on_host: the daemon watches its pidfd)."""
-        proc = Process(view_id, thread_id, self.root_namespace, pid=pid, owned=False,
+        proc = Process(view_id, thread_id, self.root_namespace, pid=pid,
                        ctx=spawner.ctx.inherit(), program=spawner.program or spawner)
         try:
             self.on_host(proc)  # first: a process that is gone, or a thread, gets no record
@@ -147,7 +159,7 @@ class Kernel:
         self.threads.process_exit(proc)
         if self.hosted.get(proc.pid) is proc:
             del self.hosted[proc.pid]
-        for oid in (proc.thread_id, proc.view_id) if proc.owned else ():
+        for oid in proc.owned:
             obj = self.objects.lookup(oid, hidden=True)
             if obj is not None:
                 self.objects.drop_ties(obj)

@@ -355,12 +355,21 @@ def sys_lx_uffd(k, proc: "Process", mem, fd, wfd):
 
 
 @handles("LX_FORKED")
-def sys_lx_forked(k, proc: "Process", mem):
-    """The caller is a Linux fork of `proc`: it gets a record of its own (proc's view, thread and
-    contexts; its exit ends no thread), under which its userfaultfds and mappings are kept."""
+def sys_lx_forked(k, proc: "Process", mem, view_out):
+    """The caller is a Linux fork of `proc`: it gets a record of its own (proc's thread and
+    contexts; its exit ends no thread), under which its userfaultfds and mappings are kept, and
+    a copy of proc's view (its ID into *view_out; freed with the child), so that the slots it
+    allocates and releases are its own, not its parent's."""
     if k.caller is None or k.caller == proc.pid or k.caller in k.hosted:
         raise SyscallError(EINVAL, "only a forked child reports its fork, once")
-    k.host_process(proc.view_id, proc.thread_id, k.caller, proc)
+    child = k.host_process(proc.view_id, proc.thread_id, k.caller, proc)  # a live process?
+    view = k.clone_view(proc.view_id)
+    child.view_id, child.owned = view.id, (view.id,)
+    try:
+        mem.write(view_out, s.id_pack(view.id))
+    except SyscallError:
+        k.process_exit(child)
+        raise
     return 0
 
 

@@ -57,6 +57,7 @@ long twz_thread_exited(uint64_t code);
 int twz_thread_adopt_env(void);
 int twz_rt_enter_view(uint64_t view_lo, uint64_t view_hi);
 void twz_rt_fork_hosts(int on);
+char *getenv(const char *name);  /* TWZ_VIEW after a fork: the runtime sets the C environment */
 uint64_t twz_reset_code(void);
 struct mutex { uint64_t sleep; uint64_t resetcode; };
 void mutex_init(struct mutex *m);

@@ -718,12 +718,13 @@ static inline long sys_lx_mapped(void *base, objid_t id)
 }
 
 /* Called by the child of a Linux fork (not THRD_SPAWN), before it touches any object: twzd
- * gives the child a record of its own, with the parent's view, thread and security contexts, so
- * that it can trap the child's mappings (docs/userfaultfd.md). The runtime then hands over the
- * child's userfaultfds and maps its objects afresh. */
-static inline long sys_lx_forked(void)
+ * gives the child a record of its own, with the parent's thread and security contexts and a
+ * copy of its view (lazy, as twz_view_clone makes; its ID into *view), so that it can trap the
+ * child's mappings (docs/userfaultfd.md) and the child's slots are its own. The runtime then
+ * hands over the child's userfaultfds and maps its objects afresh, through that view. */
+static inline long sys_lx_forked(objid_t *view)
 {
-	return twz_syscall6(TWZ_LINUX_NR(SYS_LX_FORKED), 0, 0, 0, 0, 0, 0);
+	return twz_syscall6(TWZ_LINUX_NR(SYS_LX_FORKED), (long)(uintptr_t)view, 0, 0, 0, 0, 0);
 }
 
 /* Write persistent object `id`'s changed pages to disk; returns how many pages were written,

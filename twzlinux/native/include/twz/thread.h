@@ -427,12 +427,18 @@ int twz_rt_enter_view(uint64_t view_lo, uint64_t view_hi)
 /* pthread_atfork's child handler. Without it a plain fork's child would read a lazy copy's owed
  * pages as holes (and shmem would keep the zeros, for every process) and write sources behind
  * their copies' backs: userfaultfd registrations do not survive fork, and twzd could not tell
- * whose mm an EVENT_FORK uffd is. If twzd refuses the record, the child stays as it was. */
+ * whose mm an EVENT_FORK uffd is. It would also share its parent's view object, whose slots it
+ * would allocate and release as its own. If twzd refuses the record, the child stays as it was.
+ * TWZ_VIEW follows, for the child's code and for what it execs. */
 static void twz_rt_after_fork(void)
 {
-	if(twz_rt_forking_host || !twz_rt.view_mapped || sys_lx_forked() < 0)
+	objid_t view;
+	if(twz_rt_forking_host || !twz_rt.view_mapped || sys_lx_forked(&view) < 0)
 		return;
-	twz_rt_enter_view(ID_LO(twz_rt.view_id), ID_HI(twz_rt.view_id));
+	char text[40];
+	snprintf(text, sizeof(text), IDFMT, IDPR(view));
+	setenv("TWZ_VIEW", text, 1);
+	twz_rt_enter_view(ID_LO(view), ID_HI(view));
 }
 
 struct twz_thread_start {
